@@ -1,1 +1,9 @@
-//! placeholder
+//! optimem: optical context-compression memory for LLM agents.
+//!
+//! Agents' text history is rendered into page images ([`optimem_renderer`]), compressed by the DeepSeek-OCR DeepEncoder into a
+//! few vision tokens per page, stored, and decoded back to text by the DeepSeek-3B-MoE decoder on recall.
+//!
+//! # Layout
+//! - [`input`]: reading plain text and chat logs (JSONL / JSON arrays) with line-numbered errors.
+
+pub mod input;

@@ -1,1 +1,114 @@
-fn main() {}
+//! The `optimem` binary: parses arguments, sets up tracing, and calls the library.
+
+mod cli;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use optimem_renderer::{LayoutConfig, Tier};
+
+#[derive(Parser)]
+#[command(name = "optimem", version, about = "Optical context-compression memory for LLM agents")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Lay out text (or a chat log) into pages and write them as PNGs with a JSON manifest.
+    Render(RenderArgs),
+    /// Training feed: JSON requests on stdin, framed grayscale pages with glyph positions on stdout.
+    RenderStream(StreamArgs),
+    /// Benchmarks (ratios against a reference run side by side).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Args)]
+struct LayoutArgs {
+    /// Body font size in logical units on the 1024-unit canvas (the text-density knob).
+    #[arg(long, default_value_t = LayoutConfig::default().font_size)]
+    font_size: f32,
+}
+
+impl LayoutArgs {
+    fn config(&self) -> LayoutConfig {
+        LayoutConfig { font_size: self.font_size, ..LayoutConfig::default() }
+    }
+}
+
+#[derive(Args)]
+struct RenderArgs {
+    /// Input file, or - for stdin.
+    #[arg(long = "in", value_name = "FILE")]
+    input: PathBuf,
+    /// Treat the input as a chat log (JSON lines or a JSON array of {"role","content"}).
+    #[arg(long)]
+    chat: bool,
+    #[arg(long, default_value = "small")]
+    tier: Tier,
+    /// Output directory for page-NNNN.png and manifest.json.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    layout: LayoutArgs,
+}
+
+#[derive(Args)]
+struct StreamArgs {
+    #[arg(long, default_value = "small")]
+    tier: Tier,
+    /// Emit every page of each request, not only the first.
+    #[arg(long)]
+    all_pages: bool,
+    #[command(flatten)]
+    layout: LayoutArgs,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Raster pages/s per core at each tier, against Pillow drawing the same lines.
+    Render {
+        #[arg(long, default_value_t = 20)]
+        pages: usize,
+        #[arg(long, default_value_t = 5)]
+        repeat: usize,
+        /// Skip the Pillow side (no Python needed).
+        #[arg(long)]
+        no_pillow: bool,
+    },
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Render(a) => {
+            let layout = a.layout.config();
+            layout.validate()?;
+            let n = cli::render::render(&a.input, a.chat, a.tier, layout, &a.out)?;
+            eprintln!("wrote {n} page(s) at {} ({} px) to {}", a.tier, a.tier.pixels(), a.out.display());
+            Ok(())
+        }
+        Command::RenderStream(a) => {
+            let layout = a.layout.config();
+            layout.validate()?;
+            cli::render::render_stream(a.tier, layout, a.all_pages)
+        }
+        Command::Bench(BenchCommand::Render { pages, repeat, no_pillow }) => cli::bench::render(pages, repeat, !no_pillow),
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("OPTIMEM_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

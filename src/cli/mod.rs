@@ -1,0 +1,4 @@
+//! The verbs of the `optimem` binary. Each function takes validated arguments from `main.rs` and does one job.
+
+pub mod bench;
+pub mod render;
