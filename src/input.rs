@@ -49,20 +49,33 @@ impl RawTurn {
                 texts.join("\n")
             }
             serde_json::Value::Null => String::new(),
-            other => return Err(format!("\"content\" must be a string or a list of text parts, got {other}")),
+            other => {
+                return Err(format!(
+                    "\"content\" must be a string or a list of text parts, got {other}"
+                ));
+            }
         };
-        Ok(Turn { role: self.role, content, name: self.name, time: self.time })
+        Ok(Turn {
+            role: self.role,
+            content,
+            name: self.name,
+            time: self.time,
+        })
     }
 }
 
 /// Parses a chat log: a JSON array of turns, or one JSON object per line (blank lines allowed).
 pub fn parse_chat(text: &str) -> Result<Vec<Turn>, InputError> {
     if text.trim_start().starts_with('[') {
-        let raw: Vec<RawTurn> = serde_json::from_str(text).map_err(|e| InputError::BadArray(e.to_string()))?;
+        let raw: Vec<RawTurn> =
+            serde_json::from_str(text).map_err(|e| InputError::BadArray(e.to_string()))?;
         return raw
             .into_iter()
             .enumerate()
-            .map(|(i, r)| r.into_turn().map_err(|reason| InputError::BadArray(format!("element {i}: {reason}"))))
+            .map(|(i, r)| {
+                r.into_turn()
+                    .map_err(|reason| InputError::BadArray(format!("element {i}: {reason}")))
+            })
             .collect();
     }
     let mut turns = Vec::new();
@@ -70,7 +83,10 @@ pub fn parse_chat(text: &str) -> Result<Vec<Turn>, InputError> {
         if line.trim().is_empty() {
             continue;
         }
-        let bad = |reason: String| InputError::BadLine { line: i + 1, reason };
+        let bad = |reason: String| InputError::BadLine {
+            line: i + 1,
+            reason,
+        };
         let raw: RawTurn = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
         turns.push(raw.into_turn().map_err(bad)?);
     }
@@ -84,7 +100,8 @@ mod tests {
     #[test]
     fn jsonl_and_array_agree() {
         let lines = "{\"role\":\"user\",\"content\":\"hi\"}\n\n{\"role\":\"assistant\",\"content\":[{\"type\":\"text\",\"text\":\"yo\"}]}\n";
-        let arr = "[{\"role\":\"user\",\"content\":\"hi\"},{\"role\":\"assistant\",\"content\":\"yo\"}]";
+        let arr =
+            "[{\"role\":\"user\",\"content\":\"hi\"},{\"role\":\"assistant\",\"content\":\"yo\"}]";
         let a = parse_chat(lines).expect("jsonl");
         let b = parse_chat(arr).expect("array");
         assert_eq!(a, b);
@@ -93,10 +110,14 @@ mod tests {
 
     #[test]
     fn bad_lines_are_named() {
-        let err = parse_chat("{\"role\":\"user\",\"content\":\"a\"}\nnot json\n").expect_err("line 2 is bad");
+        let err = parse_chat("{\"role\":\"user\",\"content\":\"a\"}\nnot json\n")
+            .expect_err("line 2 is bad");
         assert!(err.to_string().starts_with("line 2:"), "{err}");
         let err = parse_chat("{\"role\":\"\",\"content\":\"a\"}").expect_err("empty role");
         assert!(err.to_string().contains("role"), "{err}");
-        assert!(matches!(utf8(vec![b'a', 0xff]), Err(InputError::NotUtf8(1))));
+        assert!(matches!(
+            utf8(vec![b'a', 0xff]),
+            Err(InputError::NotUtf8(1))
+        ));
     }
 }

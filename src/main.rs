@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use optimem_renderer::{LayoutConfig, Tier};
 
 #[derive(Parser)]
-#[command(name = "optimem", version, about = "Optical context-compression memory for LLM agents")]
+#[command(
+    name = "optimem",
+    version,
+    about = "Optical context-compression memory for LLM agents"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -35,7 +39,10 @@ struct LayoutArgs {
 
 impl LayoutArgs {
     fn config(&self) -> LayoutConfig {
-        LayoutConfig { font_size: self.font_size, ..LayoutConfig::default() }
+        LayoutConfig {
+            font_size: self.font_size,
+            ..LayoutConfig::default()
+        }
     }
 }
 
@@ -87,7 +94,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let layout = a.layout.config();
             layout.validate()?;
             let n = cli::render::render(&a.input, a.chat, a.tier, layout, &a.out)?;
-            eprintln!("wrote {n} page(s) at {} ({} px) to {}", a.tier, a.tier.pixels(), a.out.display());
+            eprintln!(
+                "wrote {n} page(s) at {} ({} px) to {}",
+                a.tier,
+                a.tier.pixels(),
+                a.out.display()
+            );
             Ok(())
         }
         Command::RenderStream(a) => {
@@ -95,13 +107,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             layout.validate()?;
             cli::render::render_stream(a.tier, layout, a.all_pages)
         }
-        Command::Bench(BenchCommand::Render { pages, repeat, no_pillow }) => cli::bench::render(pages, repeat, !no_pillow),
+        Command::Bench(BenchCommand::Render {
+            pages,
+            repeat,
+            no_pillow,
+        }) => cli::bench::render(pages, repeat, !no_pillow),
     }
 }
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("OPTIMEM_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("OPTIMEM_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match run(Cli::parse()) {

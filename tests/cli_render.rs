@@ -11,20 +11,41 @@ fn optimem(args: &[&str], stdin: &[u8]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("the optimem binary runs");
-    child.stdin.take().expect("piped stdin").write_all(stdin).expect("write stdin");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(stdin)
+        .expect("write stdin");
     child.wait_with_output().expect("optimem exits")
 }
 
 fn manifest(dir: &std::path::Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest written")).expect("manifest is JSON")
+    serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest written"))
+        .expect("manifest is JSON")
 }
 
 #[test]
 fn renders_text_into_pngs_and_a_manifest() {
     let dir = tempfile::tempdir().expect("tempdir");
     let text = "Optical memory keeps the gist of old turns. ".repeat(300);
-    let out = optimem(&["render", "--in", "-", "--tier", "tiny", "--out", dir.path().to_str().expect("utf-8 path")], text.as_bytes());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = optimem(
+        &[
+            "render",
+            "--in",
+            "-",
+            "--tier",
+            "tiny",
+            "--out",
+            dir.path().to_str().expect("utf-8 path"),
+        ],
+        text.as_bytes(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let m = manifest(dir.path());
     let pages = m["pages"].as_array().expect("pages");
     assert!(pages.len() >= 2);
@@ -32,7 +53,8 @@ fn renders_text_into_pngs_and_a_manifest() {
     assert_eq!(m["vision_tokens"], 64);
     let mut covered = 0;
     for p in pages {
-        let png = std::fs::read(dir.path().join(p["file"].as_str().expect("file"))).expect("png written");
+        let png =
+            std::fs::read(dir.path().join(p["file"].as_str().expect("file"))).expect("png written");
         let img = optimem_renderer::GrayImage::from_png(&png).expect("grayscale png");
         assert_eq!((img.width, img.height), (512, 512));
         let s = &p["spans"][0];
@@ -45,9 +67,21 @@ fn renders_text_into_pngs_and_a_manifest() {
 #[test]
 fn empty_input_gives_zero_pages_and_success() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = optimem(&["render", "--in", "-", "--out", dir.path().to_str().expect("utf-8 path")], b"");
+    let out = optimem(
+        &[
+            "render",
+            "--in",
+            "-",
+            "--out",
+            dir.path().to_str().expect("utf-8 path"),
+        ],
+        b"",
+    );
     assert!(out.status.success());
-    assert_eq!(manifest(dir.path())["pages"].as_array().map(Vec::len), Some(0));
+    assert_eq!(
+        manifest(dir.path())["pages"].as_array().map(Vec::len),
+        Some(0)
+    );
 }
 
 #[test]
@@ -55,30 +89,55 @@ fn bad_input_is_a_clear_error_and_a_nonzero_exit() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().join("out");
     let d = d.to_str().expect("utf-8 path");
-    let out = optimem(&["render", "--in", "-", "--out", d], &[b'o', b'k', 0xff, 0xfe]);
+    let out = optimem(
+        &["render", "--in", "-", "--out", d],
+        &[b'o', b'k', 0xff, 0xfe],
+    );
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not valid UTF-8"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not valid UTF-8"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
-    let out = optimem(&["render", "--in", "-", "--chat", "--out", d], b"{\"role\":\"user\",\"content\":\"hi\"}\n{oops\n");
+    let out = optimem(
+        &["render", "--in", "-", "--chat", "--out", d],
+        b"{\"role\":\"user\",\"content\":\"hi\"}\n{oops\n",
+    );
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 2"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
-    let out = optimem(&["render", "--in", "/nonexistent/file.txt", "--out", d], b"");
+    let out = optimem(
+        &["render", "--in", "/nonexistent/file.txt", "--out", d],
+        b"",
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/file.txt"));
 
     let out = optimem(&["render", "--in", "-", "--tier", "huge", "--out", d], b"x");
     assert!(!out.status.success());
-    let out = optimem(&["render", "--in", "-", "--font-size", "0", "--out", d], b"x");
+    let out = optimem(
+        &["render", "--in", "-", "--font-size", "0", "--out", d],
+        b"x",
+    );
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("layout"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("layout"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Reads one frame of render-stream output: (header, pixels, rest).
 fn frame(buf: &[u8]) -> (serde_json::Value, &[u8], &[u8]) {
     let n = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
     let header: serde_json::Value = serde_json::from_slice(&buf[4..4 + n]).expect("header JSON");
-    let px = (header["width"].as_u64().expect("w") * header["height"].as_u64().expect("h")) as usize;
+    let px =
+        (header["width"].as_u64().expect("w") * header["height"].as_u64().expect("h")) as usize;
     (header, &buf[4 + n..4 + n + px], &buf[4 + n + px..])
 }
 
@@ -90,12 +149,28 @@ fn render_stream_frames_pages_with_visible_text_and_glyph_centres() {
         "{\"text\": \"\"}\n",
     );
     let out = optimem(&["render-stream", "--tier", "small"], input.as_bytes());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (h1, px1, rest) = frame(&out.stdout);
-    assert_eq!((h1["width"].as_u64(), h1["tier"].as_str()), (Some(640), Some("small")));
+    assert_eq!(
+        (h1["width"].as_u64(), h1["tier"].as_str()),
+        (Some(640), Some("small"))
+    );
     assert_eq!(h1["visible_text"], "Hello stream");
-    let offsets: Vec<u64> = h1["glyphs"].as_array().expect("glyphs").iter().map(|g| g[0].as_u64().expect("offset")).collect();
-    assert_eq!(offsets, (0..12).collect::<Vec<u64>>(), "one glyph per character of \"Hello stream\", in order");
+    let offsets: Vec<u64> = h1["glyphs"]
+        .as_array()
+        .expect("glyphs")
+        .iter()
+        .map(|g| g[0].as_u64().expect("offset"))
+        .collect();
+    assert_eq!(
+        offsets,
+        (0..12).collect::<Vec<u64>>(),
+        "one glyph per character of \"Hello stream\", in order"
+    );
     assert!(px1.iter().any(|&p| p < 128));
     let (h2, _, rest) = frame(rest);
     assert_eq!(h2["visible_text"], "user: hi");

@@ -26,7 +26,12 @@ pub fn chars_per_page(config: &LayoutConfig) -> Result<usize, crate::RenderError
     }
     let lines = layouter.lines(Document::Text(&text));
     let pages = paginate(lines, config);
-    Ok(pages.first().map_or(0, |p| p.spans.iter().map(|s| text[s.start..s.end].chars().count()).sum()))
+    Ok(pages.first().map_or(0, |p| {
+        p.spans
+            .iter()
+            .map(|s| text[s.start..s.end].chars().count())
+            .sum()
+    }))
 }
 
 /// The font size at which a page of typical prose reaches `ratio` text tokens per vision token at `tier`.
@@ -38,17 +43,30 @@ pub fn font_size_for_ratio(
     base: &LayoutConfig,
 ) -> Result<f32, crate::RenderError> {
     if !(ratio.is_finite() && ratio > 0.0 && chars_per_token.is_finite() && chars_per_token > 0.0) {
-        return Err(crate::RenderError::BadLayout(format!("ratio {ratio} and chars/token {chars_per_token} must be positive")));
+        return Err(crate::RenderError::BadLayout(format!(
+            "ratio {ratio} and chars/token {chars_per_token} must be positive"
+        )));
     }
     let target_chars = ratio * f64::from(tier.vision_tokens()) * chars_per_token;
-    let capacity = |fs: f32| chars_per_page(&LayoutConfig { font_size: fs, ..base.clone() });
+    let capacity = |fs: f32| {
+        chars_per_page(&LayoutConfig {
+            font_size: fs,
+            ..base.clone()
+        })
+    };
     let (mut lo, mut hi) = (4.0f32, 64.0f32);
     if (capacity(lo)? as f64) < target_chars {
-        return Err(crate::RenderError::BadLayout(format!("ratio {ratio} needs more text than a page can hold")));
+        return Err(crate::RenderError::BadLayout(format!(
+            "ratio {ratio} needs more text than a page can hold"
+        )));
     }
     for _ in 0..20 {
         let mid = (lo + hi) / 2.0;
-        if (capacity(mid)? as f64) >= target_chars { lo = mid } else { hi = mid }
+        if (capacity(mid)? as f64) >= target_chars {
+            lo = mid
+        } else {
+            hi = mid
+        }
     }
     Ok(lo)
 }
@@ -61,13 +79,24 @@ mod tests {
     fn default_page_holds_about_a_fox_page() {
         // Fox pages hold 600–1,300 DeepSeek tokens; at ~4.2 chars/token that is 2,500–5,500 characters.
         let n = chars_per_page(&LayoutConfig::default()).expect("layout");
-        assert!((2_500..=5_500).contains(&n), "{n} characters per default page");
+        assert!(
+            (2_500..=5_500).contains(&n),
+            "{n} characters per default page"
+        );
     }
 
     #[test]
     fn bigger_font_means_fewer_characters() {
-        let small = chars_per_page(&LayoutConfig { font_size: 12.0, ..Default::default() }).expect("layout");
-        let big = chars_per_page(&LayoutConfig { font_size: 24.0, ..Default::default() }).expect("layout");
+        let small = chars_per_page(&LayoutConfig {
+            font_size: 12.0,
+            ..Default::default()
+        })
+        .expect("layout");
+        let big = chars_per_page(&LayoutConfig {
+            font_size: 24.0,
+            ..Default::default()
+        })
+        .expect("layout");
         assert!(small > 2 * big, "{small} vs {big}");
     }
 
@@ -75,9 +104,16 @@ mod tests {
     fn solved_font_size_reaches_the_ratio() {
         let base = LayoutConfig::default();
         let fs = font_size_for_ratio(Tier::Small, 10.0, 4.2, &base).expect("solvable");
-        let chars = chars_per_page(&LayoutConfig { font_size: fs, ..base.clone() }).expect("layout") as f64;
+        let chars = chars_per_page(&LayoutConfig {
+            font_size: fs,
+            ..base.clone()
+        })
+        .expect("layout") as f64;
         let ratio = chars / 4.2 / 100.0;
-        assert!((9.5..11.5).contains(&ratio), "font {fs} gives ratio {ratio}");
+        assert!(
+            (9.5..11.5).contains(&ratio),
+            "font {fs} gives ratio {ratio}"
+        );
         assert!(font_size_for_ratio(Tier::Small, 0.0, 4.2, &base).is_err());
     }
 }

@@ -25,12 +25,24 @@ const NOTO_SANS_DEVANAGARI: &[u8] = include_bytes!("../fonts/NotoSansDevanagari-
 const DROID_SANS_FALLBACK: &[u8] = include_bytes!("../fonts/DroidSansFallbackFull.ttf");
 
 const EMBEDDED: [EmbeddedFont; 6] = [
-    EmbeddedFont { data: NOTO_SANS_REGULAR },
-    EmbeddedFont { data: NOTO_SANS_BOLD },
-    EmbeddedFont { data: NOTO_SANS_ARABIC },
-    EmbeddedFont { data: NOTO_SANS_HEBREW },
-    EmbeddedFont { data: NOTO_SANS_DEVANAGARI },
-    EmbeddedFont { data: DROID_SANS_FALLBACK },
+    EmbeddedFont {
+        data: NOTO_SANS_REGULAR,
+    },
+    EmbeddedFont {
+        data: NOTO_SANS_BOLD,
+    },
+    EmbeddedFont {
+        data: NOTO_SANS_ARABIC,
+    },
+    EmbeddedFont {
+        data: NOTO_SANS_HEBREW,
+    },
+    EmbeddedFont {
+        data: NOTO_SANS_DEVANAGARI,
+    },
+    EmbeddedFont {
+        data: DROID_SANS_FALLBACK,
+    },
 ];
 
 /// The family name body text asks for; fallback to the other faces is done by cosmic-text per character.
@@ -51,7 +63,9 @@ pub struct Fonts {
 
 impl std::fmt::Debug for Fonts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fonts").field("faces", &self.faces.len()).finish()
+        f.debug_struct("Fonts")
+            .field("faces", &self.faces.len())
+            .finish()
     }
 }
 
@@ -64,7 +78,13 @@ impl Fonts {
             let source = fontdb::Source::Binary(Arc::new(font.data));
             for id in db.load_font_source(source) {
                 if let Some(face) = db.face(id) {
-                    faces.insert(id, FaceData { data: font.data, index: face.index });
+                    faces.insert(
+                        id,
+                        FaceData {
+                            data: font.data,
+                            index: face.index,
+                        },
+                    );
                 }
             }
         }
@@ -87,8 +107,12 @@ mod tests {
     fn every_embedded_file_yields_a_face() {
         let fonts = Fonts::embedded();
         assert_eq!(fonts.faces.len(), EMBEDDED.len());
-        let families: Vec<String> =
-            fonts.system.db().faces().flat_map(|f| f.families.iter().map(|(n, _)| n.clone())).collect();
+        let families: Vec<String> = fonts
+            .system
+            .db()
+            .faces()
+            .flat_map(|f| f.families.iter().map(|(n, _)| n.clone()))
+            .collect();
         assert!(families.iter().any(|f| f == BODY_FAMILY), "{families:?}");
     }
 }

@@ -17,7 +17,11 @@ impl std::fmt::Debug for GrayImage {
 impl GrayImage {
     /// A white page.
     pub fn blank(width: u32, height: u32) -> Self {
-        Self { width, height, pixels: vec![255; width as usize * height as usize] }
+        Self {
+            width,
+            height,
+            pixels: vec![255; width as usize * height as usize],
+        }
     }
 
     /// Encodes as an 8-bit grayscale PNG.
@@ -28,8 +32,11 @@ impl GrayImage {
             enc.set_color(png::ColorType::Grayscale);
             enc.set_depth(png::BitDepth::Eight);
             enc.set_compression(png::Compression::Fast);
-            let mut w = enc.write_header().map_err(|e| crate::RenderError::Png(e.to_string()))?;
-            w.write_image_data(&self.pixels).map_err(|e| crate::RenderError::Png(e.to_string()))?;
+            let mut w = enc
+                .write_header()
+                .map_err(|e| crate::RenderError::Png(e.to_string()))?;
+            w.write_image_data(&self.pixels)
+                .map_err(|e| crate::RenderError::Png(e.to_string()))?;
         }
         Ok(out)
     }
@@ -39,14 +46,25 @@ impl GrayImage {
         let bad = |e: String| crate::RenderError::Png(e);
         let dec = png::Decoder::new(std::io::Cursor::new(bytes));
         let mut reader = dec.read_info().map_err(|e| bad(e.to_string()))?;
-        let size = reader.output_buffer_size().ok_or_else(|| bad("image too large".into()))?;
+        let size = reader
+            .output_buffer_size()
+            .ok_or_else(|| bad("image too large".into()))?;
         let mut buf = vec![0; size];
-        let info = reader.next_frame(&mut buf).map_err(|e| bad(e.to_string()))?;
+        let info = reader
+            .next_frame(&mut buf)
+            .map_err(|e| bad(e.to_string()))?;
         if info.color_type != png::ColorType::Grayscale || info.bit_depth != png::BitDepth::Eight {
-            return Err(bad(format!("expected 8-bit grayscale, got {:?} {:?}", info.color_type, info.bit_depth)));
+            return Err(bad(format!(
+                "expected 8-bit grayscale, got {:?} {:?}",
+                info.color_type, info.bit_depth
+            )));
         }
         buf.truncate(info.buffer_size());
-        Ok(Self { width: info.width, height: info.height, pixels: buf })
+        Ok(Self {
+            width: info.width,
+            height: info.height,
+            pixels: buf,
+        })
     }
 }
 

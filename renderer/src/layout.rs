@@ -32,7 +32,14 @@ pub struct LayoutConfig {
 
 impl Default for LayoutConfig {
     fn default() -> Self {
-        Self { canvas: 1024.0, margin: 40.0, font_size: 17.0, line_height: 1.25, turn_gap: 0.6, tab_width: 4 }
+        Self {
+            canvas: 1024.0,
+            margin: 40.0,
+            font_size: 17.0,
+            line_height: 1.25,
+            turn_gap: 0.6,
+            tab_width: 4,
+        }
     }
 }
 
@@ -48,7 +55,11 @@ impl LayoutConfig {
             && self.turn_gap >= 0.0
             && self.content_width() >= self.font_size * 2.0
             && self.content_height() >= self.line_pitch() * (1.0 + self.turn_gap);
-        if ok { Ok(()) } else { Err(crate::RenderError::BadLayout(format!("{self:?}"))) }
+        if ok {
+            Ok(())
+        } else {
+            Err(crate::RenderError::BadLayout(format!("{self:?}")))
+        }
     }
 
     pub fn content_width(&self) -> f32 {
@@ -155,7 +166,11 @@ fn paragraphs(text: &str) -> Vec<(Range<usize>, Range<usize>)> {
                 start = i;
             }
             b'\r' => {
-                let end = if bytes.get(i + 1) == Some(&b'\n') { i + 2 } else { i + 1 };
+                let end = if bytes.get(i + 1) == Some(&b'\n') {
+                    i + 2
+                } else {
+                    i + 1
+                };
                 out.push((start..i, start..end));
                 i = end;
                 start = i;
@@ -177,7 +192,10 @@ pub struct Layouter {
 impl Layouter {
     pub fn new(config: LayoutConfig) -> Result<Self, crate::RenderError> {
         config.validate()?;
-        Ok(Self { fonts: Fonts::embedded(), config })
+        Ok(Self {
+            fonts: Fonts::embedded(),
+            config,
+        })
     }
 
     pub fn config(&self) -> &LayoutConfig {
@@ -202,7 +220,14 @@ impl Layouter {
         out
     }
 
-    fn message_lines(&mut self, message: usize, text: &str, label: Option<String>, rule: bool, out: &mut Vec<Line>) {
+    fn message_lines(
+        &mut self,
+        message: usize,
+        text: &str,
+        label: Option<String>,
+        rule: bool,
+        out: &mut Vec<Line>,
+    ) {
         let first = out.len();
         let cfg = self.config.clone();
         let metrics = Metrics::new(cfg.font_size, cfg.line_pitch());
@@ -218,10 +243,18 @@ impl Layouter {
             let label_here = if pi == 0 { label.as_deref() } else { None };
             let prefix = label_here.map_or(0, str::len);
             match label_here {
-                Some(l) => buffer.set_rich_text([(l, bold.clone()), (para, body.clone())], &body, Shaping::Advanced, None),
+                Some(l) => buffer.set_rich_text(
+                    [(l, bold.clone()), (para, body.clone())],
+                    &body,
+                    Shaping::Advanced,
+                    None,
+                ),
                 None => buffer.set_text(para, &body, Shaping::Advanced, None),
             }
-            let layout = buffer.line_layout(&mut self.fonts.system, 0).map(<[_]>::to_vec).unwrap_or_default();
+            let layout = buffer
+                .line_layout(&mut self.fonts.system, 0)
+                .map(<[_]>::to_vec)
+                .unwrap_or_default();
             let n = layout.len().max(1);
             for li in 0..n {
                 let ll = layout.get(li);
@@ -230,8 +263,14 @@ impl Layouter {
                 let start = if li == 0 {
                     content.start
                 } else {
-                    ll.and_then(|l| l.glyphs.iter().filter(|g| g.start >= prefix).map(|g| g.start - prefix).min())
-                        .map_or(content.start, |s| content.start + s)
+                    ll.and_then(|l| {
+                        l.glyphs
+                            .iter()
+                            .filter(|g| g.start >= prefix)
+                            .map(|g| g.start - prefix)
+                            .min()
+                    })
+                    .map_or(content.start, |s| content.start + s)
                 };
                 let start = start.max(prev_start).min(with_break.end);
                 let own_prev = out.len() > first;
@@ -243,7 +282,8 @@ impl Layouter {
                 let (glyphs, baseline, height) = match ll {
                     Some(l) => {
                         let line_height = l.line_height_opt.unwrap_or(cfg.line_pitch());
-                        let baseline = (line_height - (l.max_ascent + l.max_descent)) / 2.0 + l.max_ascent;
+                        let baseline =
+                            (line_height - (l.max_ascent + l.max_descent)) / 2.0 + l.max_ascent;
                         let glyphs = l
                             .glyphs
                             .iter()
@@ -259,7 +299,8 @@ impl Layouter {
                                     g.start
                                 } else {
                                     let label_len = if is_label_line { prefix } else { 0 };
-                                    (content.start + g.start - prefix).saturating_sub(start) + label_len
+                                    (content.start + g.start - prefix).saturating_sub(start)
+                                        + label_len
                                 },
                             })
                             .collect();
@@ -333,14 +374,25 @@ pub fn paginate(lines: Vec<Line>, config: &LayoutConfig) -> Vec<Page> {
     let bottom = config.content_height();
     let gap = config.turn_gap * config.line_pitch();
     for line in lines {
-        let pre = if line.rule_before && !cur.is_empty() { gap } else { 0.0 };
+        let pre = if line.rule_before && !cur.is_empty() {
+            gap
+        } else {
+            0.0
+        };
         if !cur.is_empty() && y + pre + line.height > bottom + 1e-3 {
             pages.push(make_page(pages.len(), std::mem::take(&mut cur), config));
             y = 0.0;
         }
-        let pre = if line.rule_before && !cur.is_empty() { gap } else { 0.0 };
+        let pre = if line.rule_before && !cur.is_empty() {
+            gap
+        } else {
+            0.0
+        };
         y += pre;
-        cur.push(PlacedLine { top: config.margin + y, line });
+        cur.push(PlacedLine {
+            top: config.margin + y,
+            line,
+        });
         y += cur.last().map_or(0.0, |l| l.line.height);
     }
     if !cur.is_empty() {
@@ -355,10 +407,19 @@ fn make_page(index: usize, lines: Vec<PlacedLine>, config: &LayoutConfig) -> Pag
         let r = &pl.line.range;
         match spans.last_mut() {
             Some(s) if s.message == pl.line.message && s.end == r.start => s.end = r.end,
-            _ => spans.push(Span { message: pl.line.message, start: r.start, end: r.end }),
+            _ => spans.push(Span {
+                message: pl.line.message,
+                start: r.start,
+                end: r.end,
+            }),
         }
     }
-    Page { index, lines, spans, config: config.clone() }
+    Page {
+        index,
+        lines,
+        spans,
+        config: config.clone(),
+    }
 }
 
 #[cfg(test)]
@@ -376,7 +437,12 @@ mod tests {
 
     #[test]
     fn label_names_role_name_and_time() {
-        let t = Turn { role: "assistant".into(), content: String::new(), name: Some("planner".into()), time: Some("10:15".into()) };
+        let t = Turn {
+            role: "assistant".into(),
+            content: String::new(),
+            name: Some("planner".into()),
+            time: Some("10:15".into()),
+        };
         assert_eq!(t.label(), "assistant (planner) · 10:15: ");
     }
 }

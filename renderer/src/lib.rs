@@ -68,7 +68,10 @@ pub struct Renderer {
 
 impl Renderer {
     pub fn new(config: LayoutConfig) -> Result<Self, RenderError> {
-        Ok(Self { layouter: layout::Layouter::new(config)?, raster: raster::Rasterizer::new() })
+        Ok(Self {
+            layouter: layout::Layouter::new(config)?,
+            raster: raster::Rasterizer::new(),
+        })
     }
 
     pub fn config(&self) -> &LayoutConfig {
@@ -83,7 +86,8 @@ impl Renderer {
 
     /// Draws a page at a tier's resolution.
     pub fn rasterize(&mut self, page: &Page, tier: Tier) -> GrayImage {
-        self.raster.rasterize(&self.layouter.fonts, page, tier.pixels())
+        self.raster
+            .rasterize(&self.layouter.fonts, page, tier.pixels())
     }
 
     /// Draws a page on a square of any size (benchmarks, custom resolutions).
@@ -92,7 +96,11 @@ impl Renderer {
     }
 
     /// The visible text of a page and the centre of each of its glyphs at `pixels` resolution.
-    pub fn glyph_centres(page: &Page, messages: &[&str], pixels: u32) -> (String, Vec<GlyphCentre>) {
+    pub fn glyph_centres(
+        page: &Page,
+        messages: &[&str],
+        pixels: u32,
+    ) -> (String, Vec<GlyphCentre>) {
         let (text, starts) = page.visible_text(messages);
         let scale = pixels as f32 / page.config.canvas;
         let mut out = Vec::new();

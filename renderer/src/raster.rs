@@ -116,11 +116,23 @@ impl Rasterizer {
     ) {
         let (px, fx) = split(x);
         let (py, fy) = split(y);
-        let key = GlyphKey { font, glyph_id, ppem_bits: ppem.to_bits(), sub_x: fx, sub_y: fy };
-        let mask = self
-            .cache
-            .entry(key)
-            .or_insert_with(|| render_glyph(fonts, font, glyph_id, ppem, fx as f32 / SUBPIXEL, fy as f32 / SUBPIXEL));
+        let key = GlyphKey {
+            font,
+            glyph_id,
+            ppem_bits: ppem.to_bits(),
+            sub_x: fx,
+            sub_y: fy,
+        };
+        let mask = self.cache.entry(key).or_insert_with(|| {
+            render_glyph(
+                fonts,
+                font,
+                glyph_id,
+                ppem,
+                fx as f32 / SUBPIXEL,
+                fy as f32 / SUBPIXEL,
+            )
+        });
         if let Some(m) = mask {
             blit(img, m, px + m.left, py + m.top);
         }
@@ -134,12 +146,28 @@ fn split(v: f32) -> (i32, u8) {
     (p as i32, q.rem_euclid(SUBPIXEL as i64) as u8)
 }
 
-fn render_glyph(fonts: &Fonts, font: cosmic_text::fontdb::ID, glyph_id: u16, ppem: f32, dx: f32, dy: f32) -> Option<GlyphMask> {
+fn render_glyph(
+    fonts: &Fonts,
+    font: cosmic_text::fontdb::ID,
+    glyph_id: u16,
+    ppem: f32,
+    dx: f32,
+    dy: f32,
+) -> Option<GlyphMask> {
     let face = fonts.face(font)?;
     let font_ref = FontRef::from_index(face.data, face.index).ok()?;
-    let outline = font_ref.outline_glyphs().get(GlyphId::new(u32::from(glyph_id)))?;
-    let mut pen = PathPen { builder: PathBuilder::new() };
-    outline.draw(DrawSettings::unhinted(Size::new(ppem), LocationRef::default()), &mut pen).ok()?;
+    let outline = font_ref
+        .outline_glyphs()
+        .get(GlyphId::new(u32::from(glyph_id)))?;
+    let mut pen = PathPen {
+        builder: PathBuilder::new(),
+    };
+    outline
+        .draw(
+            DrawSettings::unhinted(Size::new(ppem), LocationRef::default()),
+            &mut pen,
+        )
+        .ok()?;
     let path = pen.builder.finish()?;
     let b = path.bounds();
     let left = (b.left() + dx).floor() as i32 - 1;
@@ -149,7 +177,13 @@ fn render_glyph(fonts: &Fonts, font: cosmic_text::fontdb::ID, glyph_id: u16, ppe
     let mut mask = Mask::new(width, height)?;
     let t = Transform::from_translate(dx - left as f32, dy - top as f32);
     mask.fill_path(&path, FillRule::Winding, true, t);
-    Some(GlyphMask { left, top, width, height, coverage: mask.data().to_vec() })
+    Some(GlyphMask {
+        left,
+        top,
+        width,
+        height,
+        coverage: mask.data().to_vec(),
+    })
 }
 
 /// Darkens the page by a coverage mask: paper × (1 − coverage), in integers.
@@ -181,7 +215,10 @@ fn blit(img: &mut GrayImage, m: &GlyphMask, x0: i32, y0: i32) {
 fn draw_hrule(img: &mut GrayImage, x0: f32, x1: f32, y: f32, thickness: f32) {
     let top = (y - thickness / 2.0).round().max(0.0) as u32;
     let rows = thickness.round().max(1.0) as u32;
-    let (a, b) = (x0.round().max(0.0) as u32, (x1.round() as u32).min(img.width));
+    let (a, b) = (
+        x0.round().max(0.0) as u32,
+        (x1.round() as u32).min(img.width),
+    );
     for yy in top..(top + rows).min(img.height) {
         for xx in a..b {
             let d = &mut img.pixels[(yy * img.width + xx) as usize];
@@ -205,7 +242,13 @@ mod tests {
     #[test]
     fn blit_clips_at_the_edges() {
         let mut img = GrayImage::blank(4, 4);
-        let m = GlyphMask { left: 0, top: 0, width: 3, height: 3, coverage: vec![255; 9] };
+        let m = GlyphMask {
+            left: 0,
+            top: 0,
+            width: 3,
+            height: 3,
+            coverage: vec![255; 9],
+        };
         blit(&mut img, &m, -1, 2);
         assert_eq!(img.pixels.iter().filter(|&&p| p == 0).count(), 4);
     }

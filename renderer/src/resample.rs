@@ -76,11 +76,19 @@ fn coeffs(in_size: usize, out_size: usize, filter: Filter) -> Coeffs {
         for x in 0..n {
             let w = if ww != 0.0 { k[x] / ww } else { k[x] };
             let f = w * f64::from(1u32 << PRECISION_BITS);
-            weights[xx * ksize + x] = if w < 0.0 { (f - 0.5) as i32 } else { (f + 0.5) as i32 };
+            weights[xx * ksize + x] = if w < 0.0 {
+                (f - 0.5) as i32
+            } else {
+                (f + 0.5) as i32
+            };
         }
         bounds.push((xmin, n));
     }
-    Coeffs { bounds, ksize, weights }
+    Coeffs {
+        bounds,
+        ksize,
+        weights,
+    }
 }
 
 fn clip8(v: i64) -> u8 {
@@ -95,7 +103,14 @@ fn clip8(v: i64) -> u8 {
 
 /// Resizes one 8-bit plane (`width` × `height`, row-major) to `out_w` × `out_h`, exactly as Pillow's `Image.resize` does for an
 /// `L` image (or for each band of an `RGB` image).
-pub fn resize_plane(src: &[u8], width: usize, height: usize, out_w: usize, out_h: usize, filter: Filter) -> Vec<u8> {
+pub fn resize_plane(
+    src: &[u8],
+    width: usize,
+    height: usize,
+    out_w: usize,
+    out_h: usize,
+    filter: Filter,
+) -> Vec<u8> {
     debug_assert_eq!(src.len(), width * height);
     let horizontal = out_w != width;
     let vertical = out_h != height;
@@ -145,8 +160,19 @@ pub fn resize_plane(src: &[u8], width: usize, height: usize, out_w: usize, out_h
 
 /// Resizes a grayscale image with `filter`.
 pub fn resize(img: &GrayImage, out_w: u32, out_h: u32, filter: Filter) -> GrayImage {
-    let pixels = resize_plane(&img.pixels, img.width as usize, img.height as usize, out_w as usize, out_h as usize, filter);
-    GrayImage { width: out_w, height: out_h, pixels }
+    let pixels = resize_plane(
+        &img.pixels,
+        img.width as usize,
+        img.height as usize,
+        out_w as usize,
+        out_h as usize,
+        filter,
+    );
+    GrayImage {
+        width: out_w,
+        height: out_h,
+        pixels,
+    }
 }
 
 /// Moves a page raster down to a lower tier: the same layout, optically blurred by antialiased bicubic downsampling
@@ -154,7 +180,10 @@ pub fn resize(img: &GrayImage, out_w: u32, out_h: u32, filter: Filter) -> GrayIm
 pub fn downsample(page: &GrayImage, tier: Tier) -> Result<GrayImage, crate::RenderError> {
     let px = tier.pixels();
     if px > page.width || px > page.height {
-        return Err(crate::RenderError::Upsample { from: page.width, to: px });
+        return Err(crate::RenderError::Upsample {
+            from: page.width,
+            to: px,
+        });
     }
     Ok(resize(page, px, px, Filter::Bicubic))
 }
@@ -165,13 +194,21 @@ mod tests {
 
     #[test]
     fn identity_size_is_a_copy() {
-        let img = GrayImage { width: 3, height: 2, pixels: vec![0, 50, 100, 150, 200, 250] };
+        let img = GrayImage {
+            width: 3,
+            height: 2,
+            pixels: vec![0, 50, 100, 150, 200, 250],
+        };
         assert_eq!(resize(&img, 3, 2, Filter::Bicubic), img);
     }
 
     #[test]
     fn flat_planes_stay_flat() {
-        let img = GrayImage { width: 40, height: 30, pixels: vec![77; 1200] };
+        let img = GrayImage {
+            width: 40,
+            height: 30,
+            pixels: vec![77; 1200],
+        };
         for (w, h) in [(13, 7), (64, 50), (40, 11)] {
             let out = resize(&img, w, h, Filter::Bicubic);
             assert!(out.pixels.iter().all(|&p| p == 77), "{w}x{h}");
@@ -181,7 +218,11 @@ mod tests {
     #[test]
     fn halving_averages_pairs() {
         // Bilinear at scale 2 has support 2: each output is a weighted mean of four inputs (1/8, 3/8, 3/8, 1/8).
-        let img = GrayImage { width: 4, height: 1, pixels: vec![0, 0, 255, 255] };
+        let img = GrayImage {
+            width: 4,
+            height: 1,
+            pixels: vec![0, 0, 255, 255],
+        };
         let out = resize(&img, 2, 1, Filter::Bilinear);
         // Left output: inputs 0,1,2 with weights (3,3,1)/7 at the edge → 255/7 ≈ 36.
         assert_eq!(out.pixels, vec![36, 219]);
@@ -193,8 +234,14 @@ mod tests {
         //   data = bytes(((i*37 + (i*i) % 251) % 256) for i in range(37*23))
         //   out = Image.frombytes('L', (37, 23), data).resize((w, h), Image.BICUBIC).tobytes()
         //   print(w, h, sum(out), list(out[:6]))
-        let data: Vec<u8> = (0..37 * 23).map(|i: usize| ((i * 37 + (i * i) % 251) % 256) as u8).collect();
-        let img = GrayImage { width: 37, height: 23, pixels: data };
+        let data: Vec<u8> = (0..37 * 23)
+            .map(|i: usize| ((i * 37 + (i * i) % 251) % 256) as u8)
+            .collect();
+        let img = GrayImage {
+            width: 37,
+            height: 23,
+            pixels: data,
+        };
         let expected: [(u32, u32, u64, [u8; 6]); 5] = [
             (16, 9, 18176, [91, 130, 92, 100, 103, 114]),
             (50, 30, 189718, [0, 16, 50, 77, 116, 147]),
@@ -204,7 +251,11 @@ mod tests {
         ];
         for (w, h, sum, head) in expected {
             let out = resize(&img, w, h, Filter::Bicubic);
-            assert_eq!(out.pixels.iter().map(|&p| u64::from(p)).sum::<u64>(), sum, "{w}x{h}");
+            assert_eq!(
+                out.pixels.iter().map(|&p| u64::from(p)).sum::<u64>(),
+                sum,
+                "{w}x{h}"
+            );
             assert_eq!(out.pixels[..6], head, "{w}x{h}");
         }
     }

@@ -4,7 +4,9 @@ use std::fmt;
 use std::str::FromStr;
 
 /// A DeepSeek-OCR resolution mode. Pages are square, so Tiny/Small/Base/Large need neither resize nor padding.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Tier {
     /// 512 px, 64 vision tokens.
@@ -21,7 +23,13 @@ pub enum Tier {
 }
 
 impl Tier {
-    pub const ALL: [Tier; 5] = [Tier::Tiny, Tier::Small, Tier::Base, Tier::Large, Tier::Gundam];
+    pub const ALL: [Tier; 5] = [
+        Tier::Tiny,
+        Tier::Small,
+        Tier::Base,
+        Tier::Large,
+        Tier::Gundam,
+    ];
 
     /// Side of the square raster, in pixels.
     pub fn pixels(self) -> u32 {

@@ -21,7 +21,11 @@ fn reassemble(pages: &[Page], messages: &[&str]) -> Vec<String> {
     let mut cursor = vec![0usize; messages.len()];
     for p in pages {
         for s in &p.spans {
-            assert_eq!(s.start, cursor[s.message], "spans of message {} must be contiguous", s.message);
+            assert_eq!(
+                s.start, cursor[s.message],
+                "spans of message {} must be contiguous",
+                s.message
+            );
             assert!(s.start <= s.end);
             out[s.message].push_str(&messages[s.message][s.start..s.end]);
             cursor[s.message] = s.end;
@@ -42,15 +46,15 @@ fn sha(img: &GrayImage) -> String {
 /// Text that stresses line breaking and byte accounting.
 fn nasty_text() -> impl Strategy<Value = String> {
     let piece = prop_oneof![
-        "\\PC{0,40}",                                       // any printable Unicode
-        "[a-zA-Z0-9+/]{60,400}",                            // base64-ish unbreakable runs
+        "\\PC{0,40}",                                           // any printable Unicode
+        "[a-zA-Z0-9+/]{60,400}",                                // base64-ish unbreakable runs
         "https://[a-z]{3,12}\\.example/[a-zA-Z0-9/_-]{20,200}", // URLs
         Just("\t".to_owned()),
         Just("\r\n".to_owned()),
         Just("\r".to_owned()),
         Just("\n\n".to_owned()),
-        Just("\u{200b}\u{200d}\u{feff}".to_owned()),          // zero-width characters
-        Just("\u{0}\u{7}\u{1b}[0m\u{7f}".to_owned()),        // control characters
+        Just("\u{200b}\u{200d}\u{feff}".to_owned()), // zero-width characters
+        Just("\u{0}\u{7}\u{1b}[0m\u{7f}".to_owned()), // control characters
         Just("שלום עולם مرحبا".to_owned()),
         Just("你好，世界。".repeat(30)),
         "[ ]{0,5}",
@@ -101,7 +105,11 @@ fn a_long_message_continues_on_the_next_page() {
     let cfg = LayoutConfig::default();
     for p in &pages[..pages.len() - 1] {
         let last = p.lines.last().expect("non-empty page");
-        assert!(last.top + 2.0 * cfg.line_pitch() >= cfg.canvas - cfg.margin, "page {} ends early", p.index);
+        assert!(
+            last.top + 2.0 * cfg.line_pitch() >= cfg.canvas - cfg.margin,
+            "page {} ends early",
+            p.index
+        );
     }
 }
 
@@ -114,7 +122,10 @@ fn an_overlong_word_is_broken_not_clipped() {
     assert!(lines.len() > 10);
     for l in &lines {
         for g in &l.line.glyphs {
-            assert!(g.x + g.advance <= cfg.content_width() + 0.5, "glyph past the right margin");
+            assert!(
+                g.x + g.advance <= cfg.content_width() + 0.5,
+                "glyph past the right margin"
+            );
         }
     }
     let glyphs: usize = lines.iter().map(|l| l.line.glyphs.len()).sum();
@@ -130,7 +141,10 @@ fn every_script_is_shaped_with_real_glyphs_and_inks_the_page() {
         ("cjk", "光学上下文压缩：近处清晰，远处模糊。日本語のかな。"),
         ("arabic", "نص حكيم له سر قاطع وذو شأن عظيم"),
         ("hebrew", "דג סקרן שט בים מאוכזב ולפתע מצא חברה"),
-        ("devanagari", "ऋषियों को सताने वाले दुष्ट राक्षसों के राजा रावण का सर्वनाश करने वाले"),
+        (
+            "devanagari",
+            "ऋषियों को सताने वाले दुष्ट राक्षसों के राजा रावण का सर्वनाश करने वाले",
+        ),
     ];
     RENDERER.with(|r| {
         let mut r = r.borrow_mut();
@@ -139,7 +153,10 @@ fn every_script_is_shaped_with_real_glyphs_and_inks_the_page() {
             assert_eq!(pages.len(), 1, "{name}");
             let glyphs: Vec<_> = pages[0].lines.iter().flat_map(|l| &l.line.glyphs).collect();
             assert!(!glyphs.is_empty(), "{name}");
-            assert!(glyphs.iter().all(|g| g.glyph_id != 0), "{name}: .notdef glyph (no font covers it)");
+            assert!(
+                glyphs.iter().all(|g| g.glyph_id != 0),
+                "{name}: .notdef glyph (no font covers it)"
+            );
             let img = r.rasterize(&pages[0], Tier::Small);
             assert!(ink(&img) > 200, "{name}: only {} dark pixels", ink(&img));
         }
@@ -191,7 +208,12 @@ fn downsampling_ages_a_page_to_each_lower_tier() {
         assert_eq!((aged.width, aged.height), (tier.pixels(), tier.pixels()));
         // Ageing is optical blurring of the same layout: close to rendering that layout directly at the lower size.
         let direct = RENDERER.with(|r| r.borrow_mut().rasterize(&page, tier));
-        let diff: f64 = aged.pixels.iter().zip(&direct.pixels).map(|(&a, &b)| f64::from(a.abs_diff(b))).sum::<f64>()
+        let diff: f64 = aged
+            .pixels
+            .iter()
+            .zip(&direct.pixels)
+            .map(|(&a, &b)| f64::from(a.abs_diff(b)))
+            .sum::<f64>()
             / aged.pixels.len() as f64;
         assert!(diff < 8.0, "{tier}: mean abs difference {diff}");
         assert!(ink(&aged) > 0);

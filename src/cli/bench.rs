@@ -11,7 +11,10 @@ use optimem_renderer::{Document, LayoutConfig, Page, Renderer, Tier};
 
 /// Min and max of a series, for "range" reporting.
 fn range(v: &[f64]) -> (f64, f64) {
-    v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)))
+    v.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        })
 }
 
 fn bench_pages(n: usize) -> Result<(Renderer, Vec<Page>)> {
@@ -34,7 +37,11 @@ pub fn render(n_pages: usize, repeat: usize, pillow: bool) -> Result<()> {
     let (mut r, pages) = bench_pages(n_pages)?;
     let text = {
         let mut t = String::new();
-        while t.len() < pages.last().map_or(0, |p| p.spans.last().map_or(0, |s| s.end)) {
+        while t.len()
+            < pages
+                .last()
+                .map_or(0, |p| p.spans.last().map_or(0, |s| s.end))
+        {
             t.push_str(SAMPLE_PROSE);
         }
         t
@@ -60,7 +67,12 @@ pub fn render(n_pages: usize, repeat: usize, pillow: bool) -> Result<()> {
             Some(py) => {
                 let theirs = pillow_run(py, &pages, &text, tier, repeat)?;
                 let (plo, phi) = range(&theirs);
-                println!("| {tier} | {} | {lo:.0}–{hi:.0} | {plo:.0}–{phi:.0} | {:.1}–{:.1}× |", tier.pixels(), lo / phi, hi / plo);
+                println!(
+                    "| {tier} | {} | {lo:.0}–{hi:.0} | {plo:.0}–{phi:.0} | {:.1}–{:.1}× |",
+                    tier.pixels(),
+                    lo / phi,
+                    hi / plo
+                );
             }
             None => println!("| {tier} | {} | {lo:.0}–{hi:.0} | – | – |", tier.pixels()),
         }
@@ -70,15 +82,27 @@ pub fn render(n_pages: usize, repeat: usize, pillow: bool) -> Result<()> {
 
 fn setup_pillow() -> Result<String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new("bash").arg(root.join("tools/bench/setup.sh")).output().context("running tools/bench/setup.sh")?;
+    let out = Command::new("bash")
+        .arg(root.join("tools/bench/setup.sh"))
+        .output()
+        .context("running tools/bench/setup.sh")?;
     if !out.status.success() {
-        bail!("tools/bench/setup.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "tools/bench/setup.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// Writes the laid-out lines (text, left x, baseline y in pixels) and runs the Pillow script on them.
-fn pillow_run(python: &str, pages: &[Page], text: &str, tier: Tier, repeat: usize) -> Result<Vec<f64>> {
+fn pillow_run(
+    python: &str,
+    pages: &[Page],
+    text: &str,
+    tier: Tier,
+    repeat: usize,
+) -> Result<Vec<f64>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let cfg = &pages[0].config;
     let scale = tier.pixels() as f32 / cfg.canvas;
@@ -104,12 +128,24 @@ fn pillow_run(python: &str, pages: &[Page], text: &str, tier: Tier, repeat: usiz
     let dir = tempfile_dir()?;
     let path = dir.join(format!("pillow-{tier}.json"));
     std::fs::write(&path, serde_json::to_vec(&spec)?)?;
-    let out = Command::new(python).arg(root.join("tools/bench/pillow_render.py")).arg(&path).output()?;
+    let out = Command::new(python)
+        .arg(root.join("tools/bench/pillow_render.py"))
+        .arg(&path)
+        .output()?;
     if !out.status.success() {
-        bail!("Pillow benchmark failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "Pillow benchmark failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("Pillow benchmark output")?;
-    let runs = v["pages_per_s"].as_array().context("pages_per_s missing")?.iter().filter_map(|x| x.as_f64()).collect();
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("Pillow benchmark output")?;
+    let runs = v["pages_per_s"]
+        .as_array()
+        .context("pages_per_s missing")?
+        .iter()
+        .filter_map(|x| x.as_f64())
+        .collect();
     Ok(runs)
 }
 

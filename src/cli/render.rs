@@ -13,7 +13,9 @@ use serde::Serialize;
 pub fn read_input(path: &Path) -> Result<String> {
     let mut bytes = Vec::new();
     if path == Path::new("-") {
-        std::io::stdin().read_to_end(&mut bytes).context("reading stdin")?;
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .context("reading stdin")?;
     } else {
         bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     }
@@ -28,7 +30,11 @@ pub enum Source {
 
 impl Source {
     pub fn parse(text: String, chat: bool) -> Result<Self> {
-        Ok(if chat { Source::Chat(input::parse_chat(&text)?) } else { Source::Text(text) })
+        Ok(if chat {
+            Source::Chat(input::parse_chat(&text)?)
+        } else {
+            Source::Text(text)
+        })
     }
 
     pub fn document(&self) -> Document<'_> {
@@ -66,22 +72,45 @@ struct Manifest {
 }
 
 /// `optimem render`: writes `page-NNNN.png` and `manifest.json` into `out`.
-pub fn render(input: &Path, chat: bool, tier: Tier, layout: LayoutConfig, out: &Path) -> Result<usize> {
+pub fn render(
+    input: &Path,
+    chat: bool,
+    tier: Tier,
+    layout: LayoutConfig,
+    out: &Path,
+) -> Result<usize> {
     let source = Source::parse(read_input(input)?, chat)?;
     let mut renderer = Renderer::new(layout.clone())?;
     let pages = renderer.paginate(source.document());
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let bar = if pages.len() > 4 { ProgressBar::new(pages.len() as u64) } else { ProgressBar::hidden() };
-    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} pages {per_sec}").unwrap_or(ProgressStyle::default_bar()));
+    let bar = if pages.len() > 4 {
+        ProgressBar::new(pages.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} pages {per_sec}")
+            .unwrap_or(ProgressStyle::default_bar()),
+    );
     let messages = source.messages();
     let mut manifest = Vec::with_capacity(pages.len());
     for page in &pages {
         let img = renderer.rasterize(page, tier);
         let file = format!("page-{:04}.png", page.index + 1);
         let path: PathBuf = out.join(&file);
-        std::fs::write(&path, img.to_png()?).with_context(|| format!("writing {}", path.display()))?;
-        let chars = page.spans.iter().map(|s| messages[s.message][s.start..s.end].chars().count()).sum();
-        manifest.push(ManifestPage { index: page.index, file, spans: page.spans.clone(), chars });
+        std::fs::write(&path, img.to_png()?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        let chars = page
+            .spans
+            .iter()
+            .map(|s| messages[s.message][s.start..s.end].chars().count())
+            .sum();
+        manifest.push(ManifestPage {
+            index: page.index,
+            file,
+            spans: page.spans.clone(),
+            chars,
+        });
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -94,7 +123,8 @@ pub fn render(input: &Path, chat: bool, tier: Tier, layout: LayoutConfig, out: &
         pages: manifest,
     };
     let path = out.join("manifest.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(&m)?).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(&path, serde_json::to_vec_pretty(&m)?)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(pages.len())
 }
 
@@ -132,11 +162,15 @@ pub fn render_stream(tier: Tier, layout: LayoutConfig, all_pages: bool) -> Resul
         if line.trim().is_empty() {
             continue;
         }
-        let req: StreamRequest = serde_json::from_str(&line).with_context(|| format!("stdin line {}", i + 1))?;
+        let req: StreamRequest =
+            serde_json::from_str(&line).with_context(|| format!("stdin line {}", i + 1))?;
         let source = match (req.text, req.turns) {
             (Some(t), None) => Source::Text(t),
             (None, Some(turns)) => Source::Chat(turns),
-            _ => bail!("stdin line {}: give exactly one of \"text\" or \"turns\"", i + 1),
+            _ => bail!(
+                "stdin line {}: give exactly one of \"text\" or \"turns\"",
+                i + 1
+            ),
         };
         let tier = req.tier.unwrap_or(tier);
         let font_size = req.font_size.unwrap_or(layout.font_size);
@@ -145,14 +179,24 @@ pub fn render_stream(tier: Tier, layout: LayoutConfig, all_pages: bool) -> Resul
         let idx = match renderers.iter().position(|(k, _)| *k == key) {
             Some(p) => p,
             None => {
-                renderers.push((key, Renderer::new(LayoutConfig { font_size, ..layout.clone() })?));
+                renderers.push((
+                    key,
+                    Renderer::new(LayoutConfig {
+                        font_size,
+                        ..layout.clone()
+                    })?,
+                ));
                 renderers.len() - 1
             }
         };
         let renderer = &mut renderers[idx].1;
         let pages = renderer.paginate(source.document());
         let messages = source.messages();
-        let wanted: &[Page] = if all_pages { &pages } else { &pages[..pages.len().min(1)] };
+        let wanted: &[Page] = if all_pages {
+            &pages
+        } else {
+            &pages[..pages.len().min(1)]
+        };
         if wanted.is_empty() {
             let header = StreamHeader {
                 width: 0,
@@ -175,7 +219,11 @@ pub fn render_stream(tier: Tier, layout: LayoutConfig, all_pages: bool) -> Resul
                 tier,
                 page: page.index,
                 pages: pages.len(),
-                spans: page.spans.iter().map(|s| [s.message, s.start, s.end]).collect(),
+                spans: page
+                    .spans
+                    .iter()
+                    .map(|s| [s.message, s.start, s.end])
+                    .collect(),
                 visible_text: &visible,
                 glyphs: centres.iter().map(|g| (g.offset, g.x, g.y)).collect(),
             };
