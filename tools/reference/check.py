@@ -461,6 +461,23 @@ def test_training_forward_loss():
     assert m.language_model.layers[1].mlp.experts.gate_up_proj.grad is not None
 
 
+def test_run_ocr_end_to_end():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from optimem_ref import run_ocr
+
+    vocab = {f"w{i}": i for i in range(SMALL["vocab_size"] - 1)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="w2"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(["<image>"])
+    assert tok.token_to_id("<image>") == SMALL["vocab_size"] - 1
+    m = small_model()
+    img = Image.new("RGB", (900, 500), (250, 250, 240))
+    for mode in ("tiny", "gundam"):
+        text = run_ocr(m, tok, img, prompt="<image>\nw5 w6 ", mode=mode, max_new_tokens=4)
+        assert isinstance(text, str) and len(text.split()) <= 4
+
+
 def main() -> int:
     torch.set_num_threads(2)
     tests = [(n, f) for n, f in globals().items() if n.startswith("test_") and callable(f)]
