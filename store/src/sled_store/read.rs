@@ -146,7 +146,7 @@ impl SledStore {
                 (mems.into_iter().flat_map(|m| m.pages).collect(), false)
             }
             PageSelector::LastN(n) => {
-                let mut ids = Vec::with_capacity(*n);
+                let mut ids = Vec::new();
                 for v in self.pages.scan_prefix(&enc).values().rev().take(*n) {
                     ids.push(decode_meta(&v?)?.id);
                 }
