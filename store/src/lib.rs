@@ -46,6 +46,7 @@
 //! - [`page`] and [`memory`]: the records and their on-disk encoding.
 //! - [`tokens`]: [`VisionTokens`] and the f32 ↔ f16 / int8-per-row conversions.
 //! - `codec`: the small binary record format shared by the records.
+//! - [`bench`]: bytes on disk per page for f16 versus int8 tokens, and int8's precision cost.
 //! - [`error`]: [`StoreError`], whose variants say what the caller should do.
 //!
 //! # Durability contract
@@ -73,6 +74,7 @@
 //!   records the new id and reports the stale pages ([`OnModelMismatch::Reencode`]), which
 //!   the caller re-encodes from their rasters through [`Store::update_page`].
 
+pub mod bench;
 mod codec;
 pub mod error;
 pub mod ids;
