@@ -20,23 +20,19 @@ pub struct Scope {
 impl Scope {
     /// Builds and validates a scope: at least one part set, each part non-empty, at most
     /// [`MAX_SCOPE_PART_BYTES`] long and free of NUL.
-    pub fn new(
-        user: Option<impl Into<String>>,
-        agent: Option<impl Into<String>>,
-        session: Option<impl Into<String>>,
-    ) -> Result<Self> {
+    pub fn new(user: Option<&str>, agent: Option<&str>, session: Option<&str>) -> Result<Self> {
         let scope = Self {
-            user: user.map(Into::into),
-            agent: agent.map(Into::into),
-            session: session.map(Into::into),
+            user: user.map(str::to_owned),
+            agent: agent.map(str::to_owned),
+            session: session.map(str::to_owned),
         };
         scope.validate()?;
         Ok(scope)
     }
 
     /// A scope of one user only.
-    pub fn user(user: impl Into<String>) -> Result<Self> {
-        Self::new(Some(user), None::<String>, None::<String>)
+    pub fn user(user: &str) -> Result<Self> {
+        Self::new(Some(user), None, None)
     }
 
     /// The user part, if set.
@@ -173,7 +169,7 @@ mod tests {
     #[test]
     fn validation() {
         assert!(matches!(
-            Scope::new(None::<&str>, None::<&str>, None::<&str>),
+            Scope::new(None, None, None),
             Err(StoreError::InvalidScope(_))
         ));
         assert!(matches!(Scope::user(""), Err(StoreError::InvalidScope(_))));
@@ -182,11 +178,11 @@ mod tests {
             Err(StoreError::InvalidScope(_))
         ));
         assert!(matches!(
-            Scope::user("x".repeat(MAX_SCOPE_PART_BYTES + 1)),
+            Scope::user(&"x".repeat(MAX_SCOPE_PART_BYTES + 1)),
             Err(StoreError::InvalidScope(_))
         ));
-        assert!(Scope::user("x".repeat(MAX_SCOPE_PART_BYTES)).is_ok());
-        assert!(Scope::new(None::<&str>, Some("agent"), None::<&str>).is_ok());
+        assert!(Scope::user(&"x".repeat(MAX_SCOPE_PART_BYTES)).is_ok());
+        assert!(Scope::new(None, Some("agent"), None).is_ok());
     }
 
     #[test]

@@ -52,7 +52,8 @@ pub enum PageSelector {
     Ids(Vec<PageId>),
     /// The newest `n` pages, in sequence order.
     LastN(usize),
-    /// Pages holding a memory whose time (ms) falls in the range, in sequence order.
+    /// Pages whose memories' times (ms) — from the earliest to the latest on the page —
+    /// overlap the range, in sequence order.
     TimeRange(Range<u64>),
     /// The pages these memories lie on, in sequence order; `NotFound` if a memory is not
     /// in the scope.
@@ -185,7 +186,8 @@ pub trait Store: Send + Sync {
     /// Counts and sizes of one scope or of the whole store.
     fn stats(&self, scope: Option<&Scope>) -> Result<Stats>;
 
-    /// Every scope holding at least one page or memory.
+    /// Every scope written to and not forgotten since (`forget_scope` removes it; a scope
+    /// whose memories were all forgotten one by one stays, keeping its sequence counter).
     fn list_scopes(&self) -> Result<Vec<Scope>>;
 
     /// Makes every write so far durable (a no-op cost under `Durability::Flush`).

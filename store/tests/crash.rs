@@ -39,7 +39,7 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 fn scopes() -> Result<[Scope; 2], optimem_store::StoreError> {
     Ok([
         Scope::user("crash")?,
-        Scope::new(Some("crash"), None::<&str>, Some("session"))?,
+        Scope::new(Some("crash"), None, Some("session"))?,
     ])
 }
 

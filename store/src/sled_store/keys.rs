@@ -78,7 +78,7 @@ mod tests {
     #[test]
     fn page_keys_scan_in_sequence_order_within_scope() -> Result<()> {
         let a = Scope::user("a")?.encode();
-        let ab = Scope::new(Some("a"), Some("b"), None::<&str>)?.encode();
+        let ab = Scope::new(Some("a"), Some("b"), None)?.encode();
         let seqs = [0u64, 1, 2, 255, 256, 65_535, 65_536, 1 << 40, u64::MAX];
         let mut keys: Vec<Vec<u8>> = seqs.iter().map(|&s| page_key(&a, s)).collect();
         keys.extend(seqs.iter().map(|&s| page_key(&ab, s)));

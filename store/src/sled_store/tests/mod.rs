@@ -174,7 +174,7 @@ fn scopes_are_isolated() -> TestResult {
     let dir = tempfile::tempdir()?;
     let store = open(dir.path(), "m")?;
     let wide = Scope::user("u")?;
-    let narrow = Scope::new(Some("u"), None::<&str>, Some("s"))?;
+    let narrow = Scope::new(Some("u"), None, Some("s"))?;
     let (m1, m2) = (memory(10, 1), memory(10, 2));
     let p1 = write(
         &store,
