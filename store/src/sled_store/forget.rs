@@ -55,15 +55,7 @@ impl SledStore {
                 .values()
                 .map(|v| Ok(decode_memory(&v?)?.id))
                 .collect::<Result<_>>()?;
-            let trees = (
-                &self.heads,
-                &self.pages,
-                &self.page_ids,
-                &self.memories,
-                &self.rasters,
-                &self.tokens,
-                &self.sources,
-            );
+            let trees = self.all_trees();
             let done = from_tx(trees.transaction(
                 |(heads, tpages, page_ids, tmems, rasters, tokens, sources)| {
                     if heads.get(&enc)? != head {
@@ -99,15 +91,7 @@ impl SledStore {
     ) -> Result<ForgetReport> {
         let enc = scope.encode();
         let asked: BTreeSet<MemoryId> = ids.iter().copied().collect();
-        let trees = (
-            &self.heads,
-            &self.pages,
-            &self.page_ids,
-            &self.memories,
-            &self.rasters,
-            &self.tokens,
-            &self.sources,
-        );
+        let trees = self.all_trees();
         from_tx(trees.transaction(
             |(heads, pages, page_ids, memories, rasters, tokens, sources)| {
                 let mut doomed_pages: BTreeSet<PageId> = BTreeSet::new();

@@ -98,6 +98,17 @@ pub struct SledStore {
     report: OpenReport,
 }
 
+/// `heads, pages, page_ids, memories, rasters, tokens, sources`.
+type AllTrees<'a> = (
+    &'a sled::Tree,
+    &'a sled::Tree,
+    &'a sled::Tree,
+    &'a sled::Tree,
+    &'a sled::Tree,
+    &'a sled::Tree,
+    &'a sled::Tree,
+);
+
 const MODEL_ID_MAX_BYTES: usize = 1024;
 
 impl SledStore {
@@ -152,6 +163,19 @@ impl SledStore {
     /// The options the store was opened with.
     pub fn options(&self) -> &OpenOptions {
         &self.opts
+    }
+
+    /// Every data tree, in one fixed order, for the transactions that may touch any of them.
+    fn all_trees(&self) -> AllTrees<'_> {
+        (
+            &self.heads,
+            &self.pages,
+            &self.page_ids,
+            &self.memories,
+            &self.rasters,
+            &self.tokens,
+            &self.sources,
+        )
     }
 
     /// Acknowledges a mutation per the durability setting.

@@ -148,15 +148,7 @@ impl SledStore {
         }
         let enc = scope.encode();
         let now = now_ms();
-        let trees = (
-            &self.heads,
-            &self.pages,
-            &self.page_ids,
-            &self.memories,
-            &self.rasters,
-            &self.tokens,
-            &self.sources,
-        );
+        let trees = self.all_trees();
         let pages = from_tx(trees.transaction(|(heads, pages, page_ids, memories, rasters, tokens, sources)| {
             let mut head = match heads.get(&enc)? {
                 Some(v) => tx(Head::decode(&v))?,
