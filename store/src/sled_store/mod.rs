@@ -1,0 +1,343 @@
+//! `SledStore`: the single-node [`Store`] on sled 0.34.
+//!
+//! Every change is one sled transaction over the trees it touches. sled seals a
+//! transaction's writes as one batch in its log, so after a crash recovery replays all of
+//! it or none of it; `Durability::Flush` then calls `Db::flush` before the method returns.
+//! Reads of a page's metadata and heavy parts happen inside one transaction too, so a
+//! concurrent ageing can never hand a reader the new raster with the old tokens.
+
+mod forget;
+mod keys;
+mod read;
+mod write;
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use crate::codec::{Reader, Writer};
+use crate::error::{Result, StoreError};
+use crate::ids::{MemoryId, PageId};
+use crate::memory::Memory;
+use crate::page::{Page, PageMeta, PageUpdate};
+use crate::scope::Scope;
+use crate::store::{ForgetReport, PageParts, PageSelector, Stats, Store, WritePages, WriteReceipt};
+
+/// The on-disk schema this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// When a write is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// `Db::flush` (fsync) before every mutating method returns: an acknowledged write
+    /// survives a crash.
+    Flush,
+    /// Acknowledge once applied in memory; sled's flusher fsyncs every `every_ms`
+    /// milliseconds, so a crash may lose the writes of the last interval (each one whole).
+    Background { every_ms: u64 },
+}
+
+/// What to do when the store was written by another model than the one opening it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnModelMismatch {
+    /// Open, record the new model id, and report the stale pages (`Store::stale_pages`) so
+    /// the caller re-encodes them from their rasters with `Store::update_page`.
+    Reencode,
+    /// Refuse to open with `StoreError::ModelMismatch`.
+    Refuse,
+}
+
+/// How to open a [`SledStore`].
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    /// The model whose tokens are written from now on (stamped on every page written).
+    pub model_id: String,
+    pub durability: Durability,
+    pub on_model_mismatch: OnModelMismatch,
+    /// Retention policy: keep each page's source text (zstd) for exact recall.
+    pub keep_source: bool,
+    /// sled's page cache size.
+    pub cache_capacity_bytes: u64,
+}
+
+impl OpenOptions {
+    /// Defaults: flush every write, re-encode on model change, keep sources, 64 MiB cache.
+    pub fn new(model_id: impl Into<String>) -> Self {
+        Self {
+            model_id: model_id.into(),
+            durability: Durability::Flush,
+            on_model_mismatch: OnModelMismatch::Reencode,
+            keep_source: true,
+            cache_capacity_bytes: 64 << 20,
+        }
+    }
+}
+
+/// What `open` found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// The model id the store held before, when it differed from the one opening it.
+    pub previous_model_id: Option<String>,
+    /// Pages whose tokens another model made (to re-encode).
+    pub stale_pages: u64,
+}
+
+/// The sled-backed store. Cheap to share behind an `Arc`; all methods take `&self`.
+#[derive(Debug)]
+pub struct SledStore {
+    db: sled::Db,
+    heads: sled::Tree,
+    pages: sled::Tree,
+    page_ids: sled::Tree,
+    memories: sled::Tree,
+    rasters: sled::Tree,
+    tokens: sled::Tree,
+    sources: sled::Tree,
+    opts: OpenOptions,
+    report: OpenReport,
+}
+
+/// `heads, pages, page_ids, memories, rasters, tokens, sources`.
+type AllTrees<'a> = (
+    &'a sled::Tree,
+    &'a sled::Tree,
+    &'a sled::Tree,
+    &'a sled::Tree,
+    &'a sled::Tree,
+    &'a sled::Tree,
+    &'a sled::Tree,
+);
+
+const MODEL_ID_MAX_BYTES: usize = 1024;
+
+impl SledStore {
+    /// Opens (or creates) the store at `path`. Fails with `SchemaMismatch` on a store of
+    /// another schema, with `ModelMismatch` on another model's store under
+    /// `OnModelMismatch::Refuse`, and with `Storage` if another process holds it.
+    pub fn open(path: impl AsRef<Path>, opts: OpenOptions) -> Result<Self> {
+        if opts.model_id.is_empty() || opts.model_id.len() > MODEL_ID_MAX_BYTES {
+            return Err(StoreError::invalid(format!(
+                "model id must be 1..={MODEL_ID_MAX_BYTES} bytes"
+            )));
+        }
+        let every_ms = match opts.durability {
+            Durability::Flush => 500,
+            Durability::Background { every_ms } => every_ms.max(1),
+        };
+        let db = sled::Config::new()
+            .path(path.as_ref())
+            .cache_capacity(opts.cache_capacity_bytes)
+            .flush_every_ms(Some(every_ms))
+            .open()?;
+        let meta = db.open_tree("meta")?;
+        let pages = db.open_tree("pages")?;
+        let previous_model_id = check_meta(&meta, &pages, &opts)?;
+        let store = Self {
+            heads: db.open_tree("heads")?,
+            page_ids: db.open_tree("page_ids")?,
+            memories: db.open_tree("memories")?,
+            rasters: db.open_tree("rasters")?,
+            tokens: db.open_tree("tokens")?,
+            sources: db.open_tree("sources")?,
+            pages,
+            db,
+            opts,
+            report: OpenReport::default(),
+        };
+        let stale_pages = store.stale_pages(None)?.len() as u64;
+        Ok(Self {
+            report: OpenReport {
+                previous_model_id,
+                stale_pages,
+            },
+            ..store
+        })
+    }
+
+    /// What `open` found (model change, stale pages).
+    pub fn open_report(&self) -> &OpenReport {
+        &self.report
+    }
+
+    /// The options the store was opened with.
+    pub fn options(&self) -> &OpenOptions {
+        &self.opts
+    }
+
+    /// Every data tree, in one fixed order, for the transactions that may touch any of them.
+    fn all_trees(&self) -> AllTrees<'_> {
+        (
+            &self.heads,
+            &self.pages,
+            &self.page_ids,
+            &self.memories,
+            &self.rasters,
+            &self.tokens,
+            &self.sources,
+        )
+    }
+
+    /// Acknowledges a mutation per the durability setting.
+    fn ack(&self) -> Result<()> {
+        if self.opts.durability == Durability::Flush {
+            self.db.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks or initialises the `meta` tree; returns the previous model id when it changed.
+fn check_meta(meta: &sled::Tree, pages: &sled::Tree, opts: &OpenOptions) -> Result<Option<String>> {
+    const WHAT: &str = "meta";
+    match meta.get("schema_version")? {
+        Some(v) => {
+            let mut r = Reader::new(&v, WHAT, 1)?;
+            let found = r.u32()?;
+            r.finish()?;
+            if found != SCHEMA_VERSION {
+                return Err(StoreError::SchemaMismatch {
+                    found,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+        }
+        None if !pages.is_empty() => {
+            return Err(StoreError::corrupt(
+                "store holds pages but no schema version",
+            ));
+        }
+        None => {}
+    }
+    let stored = match meta.get("model_id")? {
+        Some(v) => {
+            let mut r = Reader::new(&v, WHAT, 1)?;
+            let id = r.string()?;
+            r.finish()?;
+            Some(id)
+        }
+        None => None,
+    };
+    let previous = stored.filter(|s| *s != opts.model_id);
+    if let Some(stored) = &previous
+        && opts.on_model_mismatch == OnModelMismatch::Refuse
+    {
+        return Err(StoreError::ModelMismatch {
+            stored: stored.clone(),
+            requested: opts.model_id.clone(),
+        });
+    }
+    let mut schema = Writer::new(1);
+    schema.u32(SCHEMA_VERSION);
+    let mut model = Writer::new(1);
+    model.str(&opts.model_id);
+    let mut batch = sled::Batch::default();
+    batch.insert("schema_version", schema.finish());
+    batch.insert("model_id", model.finish());
+    meta.apply_batch(batch)?;
+    meta.flush()?;
+    Ok(previous)
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+type TxResult<T> = std::result::Result<T, ConflictableTransactionError<StoreError>>;
+
+/// Aborts the transaction with a store error.
+fn abort<T>(e: StoreError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+/// Lifts a store result into a transaction result (aborting on error).
+fn tx<T>(r: Result<T>) -> TxResult<T> {
+    r.map_err(ConflictableTransactionError::Abort)
+}
+
+fn from_tx<T>(r: std::result::Result<T, TransactionError<StoreError>>) -> Result<T> {
+    r.map_err(|e| match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StoreError::Storage(e),
+    })
+}
+
+impl Store for SledStore {
+    fn model_id(&self) -> &str {
+        &self.opts.model_id
+    }
+
+    fn write_pages(&self, scope: &Scope, write: WritePages) -> Result<WriteReceipt> {
+        let receipt = self.write_pages_inner(scope, write)?;
+        self.ack()?;
+        Ok(receipt)
+    }
+
+    fn get_pages(
+        &self,
+        scope: &Scope,
+        selector: &PageSelector,
+        parts: PageParts,
+    ) -> Result<Vec<Page>> {
+        self.get_pages_inner(scope, selector, parts)
+    }
+
+    fn list_pages(&self, scope: &Scope) -> Result<Vec<PageMeta>> {
+        self.scan_metas(&scope.encode())
+    }
+
+    fn get_memories(&self, scope: &Scope, ids: &[MemoryId]) -> Result<Vec<Memory>> {
+        self.get_memories_inner(scope, ids)
+    }
+
+    fn update_page(
+        &self,
+        scope: &Scope,
+        id: PageId,
+        expected_generation: u64,
+        update: PageUpdate,
+    ) -> Result<PageMeta> {
+        let meta = self.update_page_inner(scope, id, expected_generation, update)?;
+        self.ack()?;
+        Ok(meta)
+    }
+
+    fn forget_scope(&self, scope: &Scope) -> Result<ForgetReport> {
+        let report = self.forget_scope_inner(scope)?;
+        self.ack()?;
+        Ok(report)
+    }
+
+    fn forget_memories(&self, scope: &Scope, ids: &[MemoryId]) -> Result<ForgetReport> {
+        let report = self.forget_memories_inner(scope, ids)?;
+        self.ack()?;
+        Ok(report)
+    }
+
+    fn stale_pages(&self, scope: Option<&Scope>) -> Result<Vec<(Scope, PageMeta)>> {
+        self.stale_pages_inner(scope)
+    }
+
+    fn stats(&self, scope: Option<&Scope>) -> Result<Stats> {
+        self.stats_inner(scope)
+    }
+
+    fn list_scopes(&self) -> Result<Vec<Scope>> {
+        self.heads
+            .iter()
+            .keys()
+            .map(|k| Ok(Scope::decode_prefix(&k?)?.0))
+            .collect()
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
