@@ -36,13 +36,20 @@ impl ClipAttention {
         let heads = self.num_heads;
         let hd = c / heads;
         // xqkv.view(b, n, 3, heads, hd): q = first `c` outputs, then k, then v.
-        let qkv = self.qkv_proj.forward(x)?.reshape((b, n, 3, heads, hd))?.permute((2, 0, 3, 1, 4))?;
+        let qkv = self
+            .qkv_proj
+            .forward(x)?
+            .reshape((b, n, 3, heads, hd))?
+            .permute((2, 0, 3, 1, 4))?;
         let q = qkv.get(0)?.contiguous()?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
         let logits = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
         let probs = candle_nn::ops::softmax_last_dim(&logits)?;
-        let o = probs.matmul(&v)?.permute((0, 2, 1, 3))?.reshape((b, n, c))?;
+        let o = probs
+            .matmul(&v)?
+            .permute((0, 2, 1, 3))?
+            .reshape((b, n, c))?;
         self.out_proj.forward(&o)
     }
 }
@@ -80,7 +87,9 @@ impl ClipLayer {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _enter = self.span.enter();
         let h = (x + self.self_attn.forward(&self.layer_norm1.forward(x)?)?)?;
-        let m = self.fc2.forward(&quick_gelu(&self.fc1.forward(&self.layer_norm2.forward(&h)?)?)?)?;
+        let m = self.fc2.forward(&quick_gelu(
+            &self.fc1.forward(&self.layer_norm2.forward(&h)?)?,
+        )?)?;
         Ok((h + m)?)
     }
 }
@@ -107,7 +116,11 @@ impl ClipVisionModel {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             class_embedding: tensor(&emb, d, "class_embedding")?,
-            position_embedding: tensor(&emb.pp("position_embedding"), (cfg.num_positions(), d), "weight")?,
+            position_embedding: tensor(
+                &emb.pp("position_embedding"),
+                (cfg.num_positions(), d),
+                "weight",
+            )?,
             pos_grid: cfg.pos_grid(),
             pos_cache: ResizeCache::default(),
             pre_layrnorm: layer_norm(&vb.pp("pre_layrnorm"), d, CLIP_LN_EPS)?,
@@ -125,7 +138,10 @@ impl ClipVisionModel {
             let g = self.pos_grid;
             let d = self.position_embedding.dim(1)?;
             let cls = self.position_embedding.narrow(0, 0, 1)?;
-            let grid = self.position_embedding.narrow(0, 1, g * g)?.reshape((1, g, g, d))?;
+            let grid = self
+                .position_embedding
+                .narrow(0, 1, g * g)?
+                .reshape((1, g, g, d))?;
             let resized = resize_nhwc_bicubic_aa(&grid, h, w)?
                 .to_dtype(self.position_embedding.dtype())?
                 .reshape((h * w, d))?;
@@ -139,11 +155,17 @@ impl ClipVisionModel {
         let (b, d, h, w) = sam_features.dims4()?;
         if d != self.class_embedding.dim(0)? {
             return Err(ModelError::Input {
-                reason: format!("SAM features have {d} channels, CLIP expects {}", self.class_embedding.dim(0)?),
+                reason: format!(
+                    "SAM features have {d} channels, CLIP expects {}",
+                    self.class_embedding.dim(0)?
+                ),
             });
         }
         let patches = sam_features.flatten_from(2)?.transpose(1, 2)?;
-        let cls = self.class_embedding.reshape((1, 1, d))?.broadcast_as((b, 1, d))?;
+        let cls = self
+            .class_embedding
+            .reshape((1, 1, d))?
+            .broadcast_as((b, 1, d))?;
         let x = Tensor::cat(&[&cls, &patches.to_dtype(cls.dtype())?], 1)?;
         let x = x.broadcast_add(&self.positions_for(h, w)?.unsqueeze(0)?)?;
         let mut x = self.pre_layrnorm.forward(&x)?;
@@ -162,7 +184,11 @@ mod tests {
     fn quick_gelu_values() -> Result<()> {
         let x = Tensor::new(&[-1.0f32, 0.0, 2.0], &candle_core::Device::Cpu)?;
         let y = quick_gelu(&x)?.to_vec1::<f32>()?;
-        let want = [-1.0 / (1.0 + 1.702f32.exp()), 0.0, 2.0 / (1.0 + (-3.404f32).exp())];
+        let want = [
+            -1.0 / (1.0 + 1.702f32.exp()),
+            0.0,
+            2.0 / (1.0 + (-3.404f32).exp()),
+        ];
         for (a, b) in y.iter().zip(want) {
             assert!((a - b).abs() < 1e-6);
         }

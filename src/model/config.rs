@@ -174,13 +174,13 @@ impl VisionConfig {
                 field: "projector_config".into(),
                 reason: "not a JSON object".into(),
             })?;
-            if let Some(t) = p.get("projector_type") {
-                if t.as_str() != Some("linear") {
-                    return Err(ModelError::Config {
-                        field: "projector_config.projector_type".into(),
-                        reason: format!("{t} is not supported (only \"linear\", as in DeepSeek-OCR)"),
-                    });
-                }
+            if let Some(t) = p.get("projector_type")
+                && t.as_str() != Some("linear")
+            {
+                return Err(ModelError::Config {
+                    field: "projector_config.projector_type".into(),
+                    reason: format!("{t} is not supported (only \"linear\", as in DeepSeek-OCR)"),
+                });
             }
             if let Some(v) = p.get("input_dim") {
                 projector.input_dim = json_usize(v, "projector_config.input_dim")?;
@@ -200,7 +200,10 @@ impl VisionConfig {
             if h != cfg.projector.n_embed {
                 return Err(ModelError::Config {
                     field: "projector_config.n_embed".into(),
-                    reason: format!("{} differs from decoder hidden_size {h}", cfg.projector.n_embed),
+                    reason: format!(
+                        "{} differs from decoder hidden_size {h}",
+                        cfg.projector.n_embed
+                    ),
                 });
             }
         }
@@ -238,33 +241,58 @@ impl VisionConfig {
             }
         }
         if s.embed_dim % s.num_heads != 0 {
-            return bad("vision.sam.num_heads", format!("does not divide embed_dim {}", s.embed_dim));
+            return bad(
+                "vision.sam.num_heads",
+                format!("does not divide embed_dim {}", s.embed_dim),
+            );
         }
         if s.img_size == 0 || s.img_size % s.patch_size != 0 {
-            return bad("vision.sam.img_size", format!("must be a positive multiple of patch_size {}", s.patch_size));
+            return bad(
+                "vision.sam.img_size",
+                format!("must be a positive multiple of patch_size {}", s.patch_size),
+            );
         }
-        if !(s.mlp_ratio > 0.0) || s.mlp_dim() == 0 {
-            return bad("vision.sam.mlp_ratio", format!("{} gives no MLP width", s.mlp_ratio));
+        if s.mlp_ratio.is_nan() || s.mlp_ratio <= 0.0 || s.mlp_dim() == 0 {
+            return bad(
+                "vision.sam.mlp_ratio",
+                format!("{} gives no MLP width", s.mlp_ratio),
+            );
         }
         if let Some(i) = s.global_attn_indexes.iter().find(|&&i| i >= s.depth) {
-            return bad("vision.sam.global_attn_indexes", format!("block {i} >= depth {}", s.depth));
+            return bad(
+                "vision.sam.global_attn_indexes",
+                format!("block {i} >= depth {}", s.depth),
+            );
         }
         if c.hidden_size % c.num_heads != 0 {
-            return bad("vision.clip.num_heads", format!("does not divide hidden_size {}", c.hidden_size));
+            return bad(
+                "vision.clip.num_heads",
+                format!("does not divide hidden_size {}", c.hidden_size),
+            );
         }
         if c.image_size == 0 || c.image_size % c.patch_size != 0 {
-            return bad("vision.clip.image_size", format!("must be a positive multiple of patch_size {}", c.patch_size));
+            return bad(
+                "vision.clip.image_size",
+                format!("must be a positive multiple of patch_size {}", c.patch_size),
+            );
         }
         if c.hidden_size != s.net_3_chans {
             return bad(
                 "vision.clip.hidden_size",
-                format!("{} must equal vision.sam.net_3_chans {} (SAM output feeds CLIP)", c.hidden_size, s.net_3_chans),
+                format!(
+                    "{} must equal vision.sam.net_3_chans {} (SAM output feeds CLIP)",
+                    c.hidden_size, s.net_3_chans
+                ),
             );
         }
         if p.input_dim != c.hidden_size + s.net_3_chans {
             return bad(
                 "projector_config.input_dim",
-                format!("{} must equal clip.hidden_size + sam.net_3_chans = {}", p.input_dim, c.hidden_size + s.net_3_chans),
+                format!(
+                    "{} must equal clip.hidden_size + sam.net_3_chans = {}",
+                    p.input_dim,
+                    c.hidden_size + s.net_3_chans
+                ),
             );
         }
         Ok(())
@@ -297,7 +325,11 @@ pub fn read_config_json(dir: &Path) -> Result<serde_json::Value> {
 ///
 /// The official checkpoint is a single 6.7 GB bf16 file; mapping it avoids holding a second copy.
 /// Tensors are converted to `dtype` and moved to `device` as each module loads them.
-pub fn load_safetensors_mmap(dir: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+pub fn load_safetensors_mmap(
+    dir: &Path,
+    dtype: DType,
+    device: &Device,
+) -> Result<VarBuilder<'static>> {
     let entries = std::fs::read_dir(dir).map_err(|source| ModelError::Io {
         path: dir.to_path_buf(),
         source,
@@ -314,7 +346,9 @@ pub fn load_safetensors_mmap(dir: &Path, dtype: DType, device: &Device) -> Resul
         }
     }
     if files.is_empty() {
-        return Err(ModelError::NoWeights { dir: dir.to_path_buf() });
+        return Err(ModelError::NoWeights {
+            dir: dir.to_path_buf(),
+        });
     }
     files.sort();
     mmap_var_builder(&files, dtype, device)
@@ -323,7 +357,11 @@ pub fn load_safetensors_mmap(dir: &Path, dtype: DType, device: &Device) -> Resul
 // Reason: candle's mmap constructor is `unsafe` because a file changed by another process while mapped
 // would change tensor bytes under us. Model directories are read-only inputs for the life of the process.
 #[allow(unsafe_code)]
-fn mmap_var_builder(files: &[std::path::PathBuf], dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+fn mmap_var_builder(
+    files: &[std::path::PathBuf],
+    dtype: DType,
+    device: &Device,
+) -> Result<VarBuilder<'static>> {
     // SAFETY: the files are not modified while the process runs (see above); candle validates headers.
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device) };
     vb.map_err(|e| ModelError::ConfigParse {
@@ -338,7 +376,12 @@ pub fn tensor<S: Into<Shape>>(vb: &VarBuilder, shape: S, name: &str) -> Result<T
 }
 
 /// As [`tensor`], converting to `dtype` instead (for the f32 islands: interpolated position tables).
-pub fn tensor_dtype<S: Into<Shape>>(vb: &VarBuilder, shape: S, name: &str, dtype: DType) -> Result<Tensor> {
+pub fn tensor_dtype<S: Into<Shape>>(
+    vb: &VarBuilder,
+    shape: S,
+    name: &str,
+    dtype: DType,
+) -> Result<Tensor> {
     let full = full_name(vb, name);
     if !vb.contains_tensor(name) {
         return Err(ModelError::MissingTensor { name: full });
@@ -357,7 +400,11 @@ pub fn tensor_dtype<S: Into<Shape>>(vb: &VarBuilder, shape: S, name: &str, dtype
 
 fn full_name(vb: &VarBuilder, name: &str) -> String {
     let p = vb.prefix();
-    if p.is_empty() { name.to_string() } else { format!("{p}.{name}") }
+    if p.is_empty() {
+        name.to_string()
+    } else {
+        format!("{p}.{name}")
+    }
 }
 
 /// A `Linear` layer with a TRACE span, as candle's `with_tracing`.
@@ -377,7 +424,11 @@ impl Linear {
 /// Loads `weight` [out, in] (and `bias` [out]) under `vb`.
 pub fn linear(vb: &VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear> {
     let w = tensor(vb, (out_dim, in_dim), "weight")?;
-    let b = if bias { Some(tensor(vb, out_dim, "bias")?) } else { None };
+    let b = if bias {
+        Some(tensor(vb, out_dim, "bias")?)
+    } else {
+        None
+    };
     Ok(Linear {
         inner: candle_nn::Linear::new(w, b),
         span: tracing::span!(tracing::Level::TRACE, "linear"),
@@ -442,7 +493,9 @@ mod tests {
         assert_eq!(cfg.sam.window_size, 14);
         assert_eq!(cfg.clip.num_layers, 2);
         let typo = serde_json::json!({"vision": {"sam": {"embed_dims": 64}}});
-        let err = VisionConfig::from_config_json(&typo).err().map(|e| e.to_string());
+        let err = VisionConfig::from_config_json(&typo)
+            .err()
+            .map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("embed_dims")));
         Ok(())
     }
@@ -450,9 +503,18 @@ mod tests {
     #[test]
     fn inconsistent_or_unknown_values_are_named() {
         let cases = [
-            (serde_json::json!({"projector_config": {"projector_type": "mlp_gelu"}}), "projector_type"),
-            (serde_json::json!({"projector_config": {"input_dim": 1024}}), "input_dim"),
-            (serde_json::json!({"vision": {"clip": {"hidden_size": 512, "num_heads": 8}}}), "clip.hidden_size"),
+            (
+                serde_json::json!({"projector_config": {"projector_type": "mlp_gelu"}}),
+                "projector_type",
+            ),
+            (
+                serde_json::json!({"projector_config": {"input_dim": 1024}}),
+                "input_dim",
+            ),
+            (
+                serde_json::json!({"vision": {"clip": {"hidden_size": 512, "num_heads": 8}}}),
+                "clip.hidden_size",
+            ),
             (serde_json::json!({"hidden_size": 1024}), "n_embed"),
         ];
         for (json, field) in cases {
@@ -467,7 +529,10 @@ mod tests {
     fn missing_and_misshaped_tensors_are_named() -> Result<()> {
         let dev = Device::Cpu;
         let mut map = HashMap::new();
-        map.insert("model.proj.weight".to_string(), Tensor::zeros((4, 3), DType::F32, &dev)?);
+        map.insert(
+            "model.proj.weight".to_string(),
+            Tensor::zeros((4, 3), DType::F32, &dev)?,
+        );
         let vb = VarBuilder::from_tensors(map, DType::F32, &dev);
         let vb = vb.pp("model").pp("proj");
         match linear(&vb, 3, 4, true) {
@@ -475,7 +540,11 @@ mod tests {
             other => panic!("expected MissingTensor, got {:?}", other.map(|_| ())),
         }
         match linear(&vb, 4, 4, false) {
-            Err(ModelError::TensorShape { name, expected, got }) => {
+            Err(ModelError::TensorShape {
+                name,
+                expected,
+                got,
+            }) => {
                 assert_eq!(name, "model.proj.weight");
                 assert_eq!(expected, vec![4, 4]);
                 assert_eq!(got, vec![4, 3]);

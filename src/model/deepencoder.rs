@@ -50,7 +50,12 @@ impl DeepEncoder {
         Ok(Self {
             sam_model: SamModel::new(&cfg.sam, vb.pp("sam_model"))?,
             vision_model: ClipVisionModel::new(&cfg.clip, vb.pp("vision_model"))?,
-            projector: linear(&vb.pp("projector").pp("layers"), cfg.projector.input_dim, e, true)?,
+            projector: linear(
+                &vb.pp("projector").pp("layers"),
+                cfg.projector.input_dim,
+                e,
+                true,
+            )?,
             image_newline: tensor(&vb, e, "image_newline")?,
             view_seperator: tensor(&vb, e, "view_seperator")?,
             patch_size: cfg.sam.patch_size,
@@ -111,12 +116,21 @@ impl DeepEncoder {
     }
 
     /// Lays out projected view tokens: `global` `[1, q², E]`, `local` `[nW·nH, q_t², E]` (row-major tiles).
-    pub fn assemble(&self, layout: &TokenLayout, global: &Tensor, local: Option<&Tensor>) -> Result<Tensor> {
+    pub fn assemble(
+        &self,
+        layout: &TokenLayout,
+        global: &Tensor,
+        local: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let q = layout.global_grid;
         let e = self.n_embed;
         let bad = |reason: String| ModelError::Input { reason };
         if global.dims() != [1, q * q, e] {
-            return Err(bad(format!("global tokens {:?}, layout wants [1, {}, {e}]", global.dims(), q * q)));
+            return Err(bad(format!(
+                "global tokens {:?}, layout wants [1, {}, {e}]",
+                global.dims(),
+                q * q
+            )));
         }
         let global = global.reshape((q, q, e))?;
         let mosaic = match (layout.tiles, local) {

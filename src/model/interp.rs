@@ -29,7 +29,9 @@ fn cubic_filter(x: f32) -> f32 {
         ((A + 2.0).mul_add(x, -(A + 3.0)) * x).mul_add(x, 1.0)
     } else if x < 2.0 {
         // ((A·x − 5A)·x + 8A)·x − 4A
-        A.mul_add(x, -5.0 * A).mul_add(x, 8.0 * A).mul_add(x, -4.0 * A)
+        A.mul_add(x, -5.0 * A)
+            .mul_add(x, 8.0 * A)
+            .mul_add(x, -4.0 * A)
     } else {
         0.0
     }
@@ -49,9 +51,17 @@ struct Taps {
 /// Mixed float/double arithmetic mirrors the C++ expression types, so weights round as torch's do.
 fn bicubic_aa_taps(in_size: usize, out_size: usize) -> Taps {
     let scale = in_size as f32 / out_size as f32;
-    let support: f32 = if scale >= 1.0 { (2.0 * f64::from(scale)) as f32 } else { 2.0 };
+    let support: f32 = if scale >= 1.0 {
+        (2.0 * f64::from(scale)) as f32
+    } else {
+        2.0
+    };
     let max_taps = (support.ceil() as usize) * 2 + 1;
-    let invscale: f32 = if scale >= 1.0 { (1.0 / f64::from(scale)) as f32 } else { 1.0 };
+    let invscale: f32 = if scale >= 1.0 {
+        (1.0 / f64::from(scale)) as f32
+    } else {
+        1.0
+    };
     let mut start = Vec::with_capacity(out_size);
     let mut len = Vec::with_capacity(out_size);
     let mut weights = vec![0f32; out_size * max_taps];
@@ -64,7 +74,8 @@ fn bicubic_aa_taps(in_size: usize, out_size: usize) -> Taps {
         let row = &mut weights[i * max_taps..(i + 1) * max_taps];
         let mut total = 0f32;
         for (j, w) in row.iter_mut().enumerate().take(xsize) {
-            let arg = ((f64::from((j as i64 + xmin) as f32 - center) + 0.5) * f64::from(invscale)) as f32;
+            let arg =
+                ((f64::from((j as i64 + xmin) as f32 - center) + 0.5) * f64::from(invscale)) as f32;
             *w = cubic_filter(arg);
             total += *w;
         }
@@ -86,7 +97,14 @@ fn bicubic_aa_taps(in_size: usize, out_size: usize) -> Taps {
 
 /// Resizes planes `[planes, in_h, in_w]` (row-major) to `[planes, out_h, out_w]` with torch's
 /// antialiased bicubic: width pass first, then height, as ATen's separable kernel.
-pub fn bicubic_aa_planes(src: &[f32], planes: usize, in_h: usize, in_w: usize, out_h: usize, out_w: usize) -> Vec<f32> {
+pub fn bicubic_aa_planes(
+    src: &[f32],
+    planes: usize,
+    in_h: usize,
+    in_w: usize,
+    out_h: usize,
+    out_w: usize,
+) -> Vec<f32> {
     let mut cur = src.to_vec();
     let mut w_now = in_w;
     if out_w != in_w {
@@ -168,7 +186,11 @@ pub fn resize_nhwc_bicubic_aa(table: &Tensor, out_h: usize, out_w: usize) -> Res
             reason: format!("position table must have batch 1, got {n}"),
         });
     }
-    let planes = table.to_dtype(DType::F32)?.squeeze(0)?.permute((2, 0, 1))?.contiguous()?;
+    let planes = table
+        .to_dtype(DType::F32)?
+        .squeeze(0)?
+        .permute((2, 0, 1))?
+        .contiguous()?;
     let data = planes.flatten_all()?.to_vec1::<f32>()?;
     let out = bicubic_aa_planes(&data, c, h, w, out_h, out_w);
     let t = Tensor::from_vec(out, (c, out_h, out_w), table.device())?;
@@ -183,7 +205,9 @@ pub fn resize_rows_linear(table: &Tensor, out_len: usize) -> Result<Tensor> {
     let planes = table.to_dtype(DType::F32)?.t()?.contiguous()?;
     let data = planes.flatten_all()?.to_vec1::<f32>()?;
     let out = linear_planes(&data, c, l, out_len);
-    Ok(Tensor::from_vec(out, (c, out_len), table.device())?.t()?.contiguous()?)
+    Ok(Tensor::from_vec(out, (c, out_len), table.device())?
+        .t()?
+        .contiguous()?)
 }
 
 /// Resized copies of a constant table, computed once per target size.
@@ -191,7 +215,9 @@ pub fn resize_rows_linear(table: &Tensor, out_len: usize) -> Result<Tensor> {
 /// Position tables are resized for each input grid the model sees (a few sizes per process), so the
 /// result is kept. Poisoning cannot leave a half-written entry, so a poisoned lock is simply reused.
 #[derive(Debug)]
-pub(crate) struct ResizeCache<T: Clone>(std::sync::Mutex<std::collections::HashMap<(usize, usize), T>>);
+pub(crate) struct ResizeCache<T: Clone>(
+    std::sync::Mutex<std::collections::HashMap<(usize, usize), T>>,
+);
 
 impl<T: Clone> Default for ResizeCache<T> {
     fn default() -> Self {
@@ -200,8 +226,16 @@ impl<T: Clone> Default for ResizeCache<T> {
 }
 
 impl<T: Clone> ResizeCache<T> {
-    pub(crate) fn get_or_try(&self, key: (usize, usize), make: impl FnOnce() -> Result<T>) -> Result<T> {
-        let lock = || self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    pub(crate) fn get_or_try(
+        &self,
+        key: (usize, usize),
+        make: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let lock = || {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
         if let Some(v) = lock().get(&key) {
             return Ok(v.clone());
         }
@@ -217,7 +251,15 @@ mod tests {
 
     #[test]
     fn bicubic_weights_sum_to_one_and_keep_constants() {
-        for (i, o) in [(64, 32), (64, 40), (64, 80), (16, 8), (16, 10), (16, 20), (5, 5)] {
+        for (i, o) in [
+            (64, 32),
+            (64, 40),
+            (64, 80),
+            (16, 8),
+            (16, 10),
+            (16, 20),
+            (5, 5),
+        ] {
             let src = vec![0.75f32; 3 * i * i];
             let out = bicubic_aa_planes(&src, 3, i, i, o, o);
             assert_eq!(out.len(), 3 * o * o);
@@ -231,10 +273,12 @@ mod tests {
         let taps = bicubic_aa_taps(4, 2);
         assert_eq!(taps.max_taps, 9);
         assert_eq!((taps.start[0], taps.len[0]), (0, 4));
-        let raw: Vec<f32> = (0..4).map(|k| cubic_filter((k as f32 - 1.0 + 0.5) / 2.0)).collect();
+        let raw: Vec<f32> = (0..4)
+            .map(|k| cubic_filter((k as f32 - 1.0 + 0.5) / 2.0))
+            .collect();
         let total: f32 = raw.iter().sum();
-        for k in 0..4 {
-            assert!((taps.weights[k] - raw[k] / total).abs() < 1e-7);
+        for (w, r) in taps.weights.iter().zip(&raw) {
+            assert!((w - r / total).abs() < 1e-7);
         }
     }
 
@@ -257,7 +301,11 @@ mod tests {
         let r = resize_nhwc_bicubic_aa(&t, 6, 6)?;
         assert_eq!(r.dims(), &[1, 6, 6, c]);
         let v = r.flatten_all()?.to_vec1::<f32>()?;
-        assert!(v.iter().enumerate().all(|(k, x)| (x - (k % c) as f32).abs() < 1e-5));
+        assert!(
+            v.iter()
+                .enumerate()
+                .all(|(k, x)| (x - (k % c) as f32).abs() < 1e-5)
+        );
         Ok(())
     }
 }

@@ -36,7 +36,11 @@ pub struct Image8 {
 
 impl fmt::Debug for Image8 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Image8({}x{}x{})", self.width, self.height, self.channels)
+        write!(
+            f,
+            "Image8({}x{}x{})",
+            self.width, self.height, self.channels
+        )
     }
 }
 
@@ -55,7 +59,10 @@ impl Image8 {
         }
         if data.len() != width * height * channels {
             return Err(ModelError::Image {
-                reason: format!("buffer of {} bytes for {width}x{height}x{channels}", data.len()),
+                reason: format!(
+                    "buffer of {} bytes for {width}x{height}x{channels}",
+                    data.len()
+                ),
             });
         }
         Ok(Self::from_parts(width, height, channels, data))
@@ -114,7 +121,13 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub const ALL: [Mode; 5] = [Mode::Tiny, Mode::Small, Mode::Base, Mode::Large, Mode::Gundam];
+    pub const ALL: [Mode; 5] = [
+        Mode::Tiny,
+        Mode::Small,
+        Mode::Base,
+        Mode::Large,
+        Mode::Gundam,
+    ];
 
     /// `base_size` of `infer()`: the global view's side in crop mode.
     pub fn base_size(self) -> usize {
@@ -143,7 +156,11 @@ impl Mode {
 
     /// Side of the global view this mode encodes.
     pub fn global_view_size(self) -> usize {
-        if self.crop_mode() { self.base_size() } else { self.image_size() }
+        if self.crop_mode() {
+            self.base_size()
+        } else {
+            self.image_size()
+        }
     }
 
     pub fn name(self) -> &'static str {
@@ -177,13 +194,27 @@ impl FromStr for Mode {
 
 /// The tile grid `prepare` will use for a `width × height` image in `mode` (None: global view only).
 pub fn tile_grid(width: usize, height: usize, mode: Mode, max_crops: usize) -> Option<TileGrid> {
-    if mode.crop_mode() { gundam_grid(width, height, max_crops) } else { None }
+    if mode.crop_mode() {
+        gundam_grid(width, height, max_crops)
+    } else {
+        None
+    }
 }
 
 /// Token layout of a `width × height` image without preprocessing it (for prompt building).
-pub fn image_layout(width: usize, height: usize, mode: Mode, max_crops: usize, patch_size: usize) -> TokenLayout {
+pub fn image_layout(
+    width: usize,
+    height: usize,
+    mode: Mode,
+    max_crops: usize,
+    patch_size: usize,
+) -> TokenLayout {
     let grid = tile_grid(width, height, mode, max_crops);
-    TokenLayout::new(mode.global_view_size(), grid.map(|g| (TILE_SIZE, g)), patch_size)
+    TokenLayout::new(
+        mode.global_view_size(),
+        grid.map(|g| (TILE_SIZE, g)),
+        patch_size,
+    )
 }
 
 /// Number of `<image>` placeholders (= embeddings) for a `width × height` image in `mode`, with the
@@ -206,7 +237,9 @@ pub struct PreparedImage {
 impl PreparedImage {
     /// The layout of this image's embeddings, for an encoder with `patch_size`-px patches.
     pub fn layout(&self, patch_size: usize) -> TokenLayout {
-        let tiles = self.grid.map(|g| (self.tiles.first().map_or(TILE_SIZE, Image8::width), g));
+        let tiles = self
+            .grid
+            .map(|g| (self.tiles.first().map_or(TILE_SIZE, Image8::width), g));
         TokenLayout::new(self.global_view.width(), tiles, patch_size)
     }
 
@@ -234,13 +267,23 @@ pub fn pixels(views: &[Image8], dtype: DType, device: &Device) -> Result<Tensor>
     for v in views {
         if (v.width(), v.height()) != (w, h) {
             return Err(ModelError::Input {
-                reason: format!("views of different sizes {w}x{h} and {}x{}", v.width(), v.height()),
+                reason: format!(
+                    "views of different sizes {w}x{h} and {}x{}",
+                    v.width(),
+                    v.height()
+                ),
             });
         }
         let c = v.channels();
         for ch in 0..3 {
             let src = if c == 1 { 0 } else { ch };
-            out.extend(v.data().iter().skip(src).step_by(c).map(|&x| (f32::from(x) / 255.0 - 0.5) / 0.5));
+            out.extend(
+                v.data()
+                    .iter()
+                    .skip(src)
+                    .step_by(c)
+                    .map(|&x| (f32::from(x) / 255.0 - 0.5) / 0.5),
+            );
         }
     }
     let t = Tensor::from_vec(out, (views.len(), 3, h, w), &Device::Cpu)?;
@@ -263,7 +306,13 @@ pub fn prepare_with(image: &Image8, mode: Mode, max_crops: usize) -> Result<Prep
             let resized = pillow::resize_bicubic(image, TILE_SIZE * g.cols, TILE_SIZE * g.rows);
             for i in 0..g.count() {
                 let (col, row) = (i % g.cols, i / g.cols);
-                let tile = pillow::crop(&resized, col * TILE_SIZE, row * TILE_SIZE, TILE_SIZE, TILE_SIZE);
+                let tile = pillow::crop(
+                    &resized,
+                    col * TILE_SIZE,
+                    row * TILE_SIZE,
+                    TILE_SIZE,
+                    TILE_SIZE,
+                );
                 tiles.push(tile.to_rgb());
             }
         }
@@ -316,16 +365,28 @@ mod tests {
 
     #[test]
     fn prepare_builds_views_matching_the_layout() -> Result<()> {
-        let img = Image8::new(700, 300, 1, (0..700 * 300).map(|i| (i % 251) as u8).collect())?;
+        let img = Image8::new(
+            700,
+            300,
+            1,
+            (0..700 * 300).map(|i| (i % 251) as u8).collect(),
+        )?;
         let p = prepare(&img, Mode::Gundam)?;
-        let g = p.grid.ok_or_else(|| ModelError::Input { reason: "no grid".into() })?;
+        let g = p.grid.ok_or_else(|| ModelError::Input {
+            reason: "no grid".into(),
+        })?;
         assert_eq!((g.cols, g.rows), (2, 1));
         assert_eq!(p.tiles.len(), 2);
         assert_eq!((p.global_view.width(), p.global_view.channels()), (1024, 3));
-        assert_eq!(p.layout(16).num_tokens(), num_image_tokens(700, 300, Mode::Gundam));
-        let px = p.tile_pixels(DType::F32, &Device::Cpu)?.ok_or_else(|| ModelError::Input {
-            reason: "no tiles".into(),
-        })?;
+        assert_eq!(
+            p.layout(16).num_tokens(),
+            num_image_tokens(700, 300, Mode::Gundam)
+        );
+        let px = p
+            .tile_pixels(DType::F32, &Device::Cpu)?
+            .ok_or_else(|| ModelError::Input {
+                reason: "no tiles".into(),
+            })?;
         assert_eq!(px.dims(), &[2, 3, 640, 640]);
         // The pad colour normalises to 127/255·2 − 1.
         let small = prepare(&img, Mode::Base)?.global_pixels(DType::F32, &Device::Cpu)?;

@@ -35,7 +35,8 @@ struct PatchEmbed {
 impl PatchEmbed {
     fn new(cfg: &SamConfig, vb: VarBuilder) -> Result<Self> {
         let p = cfg.patch_size;
-        let weight = tensor(&vb, (cfg.embed_dim, 3, p, p), "weight")?.reshape((cfg.embed_dim, 3 * p * p))?;
+        let weight =
+            tensor(&vb, (cfg.embed_dim, 3, p, p), "weight")?.reshape((cfg.embed_dim, 3 * p * p))?;
         let bias = tensor(&vb, cfg.embed_dim, "bias")?;
         Ok(Self {
             weight,
@@ -73,7 +74,7 @@ struct Attention {
     rel_cache: ResizeCache<(Tensor, Tensor)>,
     span: tracing::Span,
     span_rel: tracing::Span,
-    span_sm: tracing::Span,
+    span_sdpa: tracing::Span,
 }
 
 impl Attention {
@@ -89,7 +90,7 @@ impl Attention {
             rel_cache: ResizeCache::default(),
             span: tracing::span!(tracing::Level::TRACE, "attn"),
             span_rel: tracing::span!(tracing::Level::TRACE, "attn-rel-pos"),
-            span_sm: tracing::span!(tracing::Level::TRACE, "attn-sm"),
+            span_sdpa: tracing::span!(tracing::Level::TRACE, "attn-sdpa"),
         })
     }
 
@@ -117,13 +118,20 @@ impl Attention {
         let hd = c / heads;
         let bh = b * heads;
         // qkv.reshape(B, H*W, 3, heads, hd).permute(2, 0, 3, 1, 4).reshape(3, B*heads, H*W, hd)
-        let qkv = self.qkv.forward(x)?.reshape((b, n, 3, heads, hd))?.permute((2, 0, 3, 1, 4))?;
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape((b, n, 3, heads, hd))?
+            .permute((2, 0, 3, 1, 4))?;
         let q = qkv.get(0)?.contiguous()?.reshape((bh, n, hd))?;
         let k = qkv.get(1)?.contiguous()?.reshape((bh, n, hd))?;
         let v = qkv.get(2)?.contiguous()?.reshape((bh, n, hd))?;
 
         let (rh, rw) = self.rel_cache.get_or_try((h, w), || {
-            Ok((Self::rel_table(&self.rel_pos_h, h)?, Self::rel_table(&self.rel_pos_w, w)?))
+            Ok((
+                Self::rel_table(&self.rel_pos_h, h)?,
+                Self::rel_table(&self.rel_pos_w, w)?,
+            ))
         })?;
         let (rel_h, rel_w) = {
             let _enter = self.span_rel.enter();
@@ -151,31 +159,47 @@ impl Attention {
             (rel_h, rel_w)
         };
 
-        // SDPA with attn_mask = rel_h + rel_w: only q·kᵀ is scaled; the bias uses the unscaled q.
-        let scale = 1.0 / (hd as f64).sqrt();
-        let kt = k.t()?;
         let rows = (ATTN_CHUNK_ELEMS / (bh * n)).clamp(1, n);
-        let mut outs = Vec::with_capacity(n.div_ceil(rows));
-        for start in (0..n).step_by(rows) {
-            let len = rows.min(n - start);
-            let qc = q.narrow(1, start, len)?;
-            let logits = (qc.matmul(&kt)? * scale)?;
-            let bias = rel_h
-                .narrow(1, start, len)?
-                .broadcast_add(&rel_w.narrow(1, start, len)?)?
-                .reshape((bh, len, n))?;
-            let probs = {
-                let _enter = self.span_sm.enter();
-                candle_nn::ops::softmax_last_dim(&(logits + bias)?)?
-            };
-            outs.push(probs.matmul(&v)?);
-        }
-        let o = Tensor::cat(&outs, 1)?
+        let o = {
+            let _enter = self.span_sdpa.enter();
+            sdpa_rel_pos(&q, &k, &v, &rel_h, &rel_w, rows)?
+        };
+        let o = o
             .reshape((b, heads, h, w, hd))?
             .permute((0, 2, 3, 1, 4))?
             .reshape((b, h, w, c))?;
         self.proj.forward(&o)
     }
+}
+
+/// `softmax(q·kᵀ/√d + rel_h + rel_w)·v`, `rows` query rows at a time.
+///
+/// `q, k, v`: `[BH, N, d]`; `rel_h`: `[BH, N, kh, 1]`; `rel_w`: `[BH, N, 1, kw]` with `kh·kw = N`.
+/// This is SDPA with `attn_mask = rel_h + rel_w`: only q·kᵀ is scaled, the bias was made from the
+/// unscaled q. Blocks of query rows keep the logits and bias at `BH × rows × N`.
+fn sdpa_rel_pos(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    rel_h: &Tensor,
+    rel_w: &Tensor,
+    rows: usize,
+) -> Result<Tensor> {
+    let (bh, n, hd) = q.dims3()?;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let kt = k.t()?;
+    let mut outs = Vec::with_capacity(n.div_ceil(rows));
+    for start in (0..n).step_by(rows.max(1)) {
+        let len = rows.min(n - start);
+        let logits = (q.narrow(1, start, len)?.matmul(&kt)? * scale)?;
+        let bias = rel_h
+            .narrow(1, start, len)?
+            .broadcast_add(&rel_w.narrow(1, start, len)?)?
+            .reshape((bh, len, n))?;
+        let probs = candle_nn::ops::softmax_last_dim(&(logits + bias)?)?;
+        outs.push(probs.matmul(v)?);
+    }
+    Ok(Tensor::cat(&outs, 1)?)
 }
 
 /// `blocks.N.mlp`: lin1 → exact GELU → lin2.
@@ -205,7 +229,11 @@ impl Block {
     fn new(cfg: &SamConfig, index: usize, vb: VarBuilder) -> Result<Self> {
         let global = cfg.global_attn_indexes.contains(&index);
         let window_size = if global { 0 } else { cfg.window_size };
-        let input_size = if global { cfg.pos_grid() } else { cfg.window_size };
+        let input_size = if global {
+            cfg.pos_grid()
+        } else {
+            cfg.window_size
+        };
         let mlp_vb = vb.pp("mlp");
         Ok(Self {
             norm1: layer_norm(&vb.pp("norm1"), cfg.embed_dim, SAM_LN_EPS)?,
@@ -253,7 +281,12 @@ fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, (usize, usize))> {
 }
 
 /// Inverse of [`window_partition`], cropping the padding.
-fn window_unpartition(windows: &Tensor, ws: usize, (hp, wp): (usize, usize), (h, w): (usize, usize)) -> Result<Tensor> {
+fn window_unpartition(
+    windows: &Tensor,
+    ws: usize,
+    (hp, wp): (usize, usize),
+    (h, w): (usize, usize),
+) -> Result<Tensor> {
     let c = windows.dim(D::Minus1)?;
     let b = windows.dim(0)? / ((hp / ws) * (wp / ws));
     let x = windows
@@ -279,7 +312,14 @@ struct Conv {
 }
 
 impl Conv {
-    fn new(vb: &VarBuilder, name: &str, c_in: usize, c_out: usize, k: usize, stride: usize) -> Result<Self> {
+    fn new(
+        vb: &VarBuilder,
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+    ) -> Result<Self> {
         Ok(Self {
             weight: tensor(vb, (c_out, c_in, k, k), name)?,
             padding: k / 2,
@@ -370,7 +410,11 @@ impl SamModel {
         }
         // neck.0 is a 1×1 conv: a matmul over channels in NHWC; neck.1 normalises channels.
         let y = x.broadcast_matmul(&self.neck_0.t()?)?;
-        let y = self.neck_1.forward(&y)?.permute((0, 3, 1, 2))?.contiguous()?;
+        let y = self
+            .neck_1
+            .forward(&y)?
+            .permute((0, 3, 1, 2))?
+            .contiguous()?;
         let y = layer_norm_2d(&self.neck_3, &self.neck_2.forward(&y)?)?;
         record("neck", &y);
         let y = self.net_2.forward(&y)?;
@@ -409,5 +453,76 @@ impl SamModel {
     /// The working dtype (that of the loaded weights).
     pub fn dtype(&self) -> DType {
         self.pos_embed.dtype()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn window_partition_round_trips_and_pads_with_zeros() -> Result<()> {
+        let x = Tensor::randn(0f32, 1.0, (2, 5, 7, 3), &Device::Cpu)?;
+        let (win, padded) = window_partition(&x, 4)?;
+        assert_eq!(padded, (8, 8));
+        assert_eq!(win.dims(), &[2 * 4, 4, 4, 3]);
+        // Window (0, 1) of image 0 covers columns 4..8: column 7 is padding.
+        let pad = win
+            .get(1)?
+            .narrow(1, 3, 1)?
+            .abs()?
+            .sum_all()?
+            .to_scalar::<f32>()?;
+        assert_eq!(pad, 0.0);
+        let back = window_unpartition(&win, 4, padded, (5, 7))?;
+        let d = (back - &x)?.abs()?.sum_all()?.to_scalar::<f32>()?;
+        assert_eq!(d, 0.0);
+        Ok(())
+    }
+
+    #[test]
+    fn chunked_attention_equals_one_block() -> Result<()> {
+        let dev = Device::Cpu;
+        let (bh, kh, kw, d) = (3, 4, 5, 8);
+        let n = kh * kw;
+        let q = Tensor::randn(0f32, 1.0, (bh, n, d), &dev)?;
+        let k = Tensor::randn(0f32, 1.0, (bh, n, d), &dev)?;
+        let v = Tensor::randn(0f32, 1.0, (bh, n, d), &dev)?;
+        let rel_h = Tensor::randn(0f32, 1.0, (bh, n, kh, 1), &dev)?;
+        let rel_w = Tensor::randn(0f32, 1.0, (bh, n, 1, kw), &dev)?;
+        let whole = sdpa_rel_pos(&q, &k, &v, &rel_h, &rel_w, n)?;
+        // The reference formula, with the full (BH, N, N) bias materialised.
+        let bias = rel_h.broadcast_add(&rel_w)?.reshape((bh, n, n))?;
+        let logits = ((q.matmul(&k.t()?)? / (d as f64).sqrt())? + bias)?;
+        let naive = candle_nn::ops::softmax_last_dim(&logits)?.matmul(&v)?;
+        for rows in [1, 3, 7] {
+            let chunked = sdpa_rel_pos(&q, &k, &v, &rel_h, &rel_w, rows)?;
+            let diff = (chunked - &whole)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            assert!(diff < 1e-6, "rows {rows}: {diff}");
+        }
+        let diff = (naive - &whole)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "{diff}");
+        Ok(())
+    }
+
+    #[test]
+    fn rel_table_indexes_by_offset() -> Result<()> {
+        // Row r of the table holds r: R[q, k] must be q − k + size − 1.
+        let table = Tensor::arange(0f32, 7.0, &Device::Cpu)?.reshape((7, 1))?;
+        let r = Attention::rel_table(&table, 4)?
+            .squeeze(2)?
+            .to_vec2::<f32>()?;
+        assert_eq!(r[0], vec![3.0, 2.0, 1.0, 0.0]);
+        assert_eq!(r[3], vec![6.0, 5.0, 4.0, 3.0]);
+        Ok(())
     }
 }

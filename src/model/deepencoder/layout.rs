@@ -80,7 +80,10 @@ impl TokenLayout {
 
     /// The number of `<image>` placeholders to insert for this image = number of embeddings.
     pub fn num_tokens(&self) -> usize {
-        self.segments().into_iter().map(|s| self.segment_len(s)).sum()
+        self.segments()
+            .into_iter()
+            .map(|s| self.segment_len(s))
+            .sum()
     }
 
     /// The paper's "vision tokens": grid cells only, without newlines and separator.
@@ -96,7 +99,10 @@ mod tests {
 
     #[test]
     fn token_grids_of_the_modes() {
-        let q: Vec<usize> = [512, 640, 1024, 1280].iter().map(|&s| token_grid(s, 16)).collect();
+        let q: Vec<usize> = [512, 640, 1024, 1280]
+            .iter()
+            .map(|&s| token_grid(s, 16))
+            .collect();
         assert_eq!(q, vec![8, 10, 16, 20]);
     }
 

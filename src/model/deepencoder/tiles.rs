@@ -54,16 +54,24 @@ fn probe(table: &[Option<(u64, (usize, usize))>], hash: u64, key: (usize, usize)
     let mut i = (hash as usize) & mask;
     let mut perturb = hash;
     loop {
-        let probes = if i + LINEAR_PROBES <= mask { LINEAR_PROBES } else { 0 };
-        for slot in i..=i + probes {
-            match table[slot] {
+        let probes = if i + LINEAR_PROBES <= mask {
+            LINEAR_PROBES
+        } else {
+            0
+        };
+        for (slot, entry) in table.iter().enumerate().skip(i).take(probes + 1) {
+            match entry {
                 None => return (slot, false),
-                Some((h, k)) if h == hash && k == key => return (slot, true),
+                Some((h, k)) if *h == hash && *k == key => return (slot, true),
                 Some(_) => {}
             }
         }
         perturb >>= PERTURB_SHIFT;
-        i = (i.wrapping_mul(5).wrapping_add(1).wrapping_add(perturb as usize)) & mask;
+        i = (i
+            .wrapping_mul(5)
+            .wrapping_add(1)
+            .wrapping_add(perturb as usize))
+            & mask;
     }
 }
 
@@ -111,7 +119,12 @@ pub fn candidate_grids(min_num: usize, max_num: usize) -> Vec<TileGrid> {
 
 /// `find_closest_aspect_ratio`: the grid whose aspect is nearest to `width/height`; on an exact tie the
 /// later candidate wins when the image area exceeds half the candidate's tiled area.
-pub fn closest_grid(width: usize, height: usize, candidates: &[TileGrid], tile_size: usize) -> TileGrid {
+pub fn closest_grid(
+    width: usize,
+    height: usize,
+    candidates: &[TileGrid],
+    tile_size: usize,
+) -> TileGrid {
     let aspect = width as f64 / height as f64;
     let area = (width * height) as f64;
     let mut best = TileGrid { cols: 1, rows: 1 };
@@ -151,13 +164,44 @@ mod tests {
     #[test]
     fn candidate_order_matches_cpython_3_11() {
         let max9 = [
-            (1, 2), (2, 1), (3, 1), (1, 3), (2, 2), (4, 1), (1, 4), (5, 1), (1, 5), (1, 6), (6, 1),
-            (3, 2), (2, 3), (7, 1), (1, 7), (4, 2), (2, 4), (1, 8), (8, 1), (1, 9), (3, 3), (9, 1),
+            (1, 2),
+            (2, 1),
+            (3, 1),
+            (1, 3),
+            (2, 2),
+            (4, 1),
+            (1, 4),
+            (5, 1),
+            (1, 5),
+            (1, 6),
+            (6, 1),
+            (3, 2),
+            (2, 3),
+            (7, 1),
+            (1, 7),
+            (4, 2),
+            (2, 4),
+            (1, 8),
+            (8, 1),
+            (1, 9),
+            (3, 3),
+            (9, 1),
         ];
         assert_eq!(pairs(&candidate_grids(2, 9)), max9);
         let max6 = [
-            (1, 2), (2, 1), (3, 1), (1, 3), (4, 1), (1, 4), (2, 2), (1, 5), (5, 1), (6, 1), (2, 3),
-            (1, 6), (3, 2),
+            (1, 2),
+            (2, 1),
+            (3, 1),
+            (1, 3),
+            (4, 1),
+            (1, 4),
+            (2, 2),
+            (1, 5),
+            (5, 1),
+            (6, 1),
+            (2, 3),
+            (1, 6),
+            (3, 2),
         ];
         assert_eq!(pairs(&candidate_grids(2, 6)), max6);
     }

@@ -11,7 +11,9 @@ use super::Image8;
 use crate::model::error::{ModelError, Result};
 
 fn bad(reason: impl Into<String>) -> ModelError {
-    ModelError::Image { reason: reason.into() }
+    ModelError::Image {
+        reason: reason.into(),
+    }
 }
 
 /// Decodes PNG or JPEG bytes (detected by signature) and applies the EXIF orientation, if any.
@@ -35,20 +37,29 @@ fn decode_png(bytes: &[u8]) -> Result<(Image8, Option<Vec<u8>>)> {
         .output_buffer_size()
         .ok_or_else(|| bad("PNG: image too large for memory"))?;
     let mut buf = vec![0u8; size];
-    let info = reader.next_frame(&mut buf).map_err(|e| bad(format!("PNG: {e}")))?;
+    let info = reader
+        .next_frame(&mut buf)
+        .map_err(|e| bad(format!("PNG: {e}")))?;
     buf.truncate(info.buffer_size());
     let exif = reader.info().exif_metadata.as_ref().map(|e| e.to_vec());
     let (w, h) = (info.width as usize, info.height as usize);
     let px = w * h;
     let img = match info.color_type {
         png::ColorType::Grayscale => Image8::new(w, h, 1, buf)?,
-        png::ColorType::GrayscaleAlpha => Image8::new(w, h, 1, buf.chunks_exact(2).map(|p| p[0]).take(px).collect())?,
+        png::ColorType::GrayscaleAlpha => Image8::new(
+            w,
+            h,
+            1,
+            buf.chunks_exact(2).map(|p| p[0]).take(px).collect(),
+        )?,
         png::ColorType::Rgb => Image8::new(w, h, 3, buf)?,
         png::ColorType::Rgba => Image8::new(
             w,
             h,
             3,
-            buf.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
+            buf.chunks_exact(4)
+                .flat_map(|p| [p[0], p[1], p[2]])
+                .collect(),
         )?,
         png::ColorType::Indexed => return Err(bad("PNG: palette was not expanded")),
     };
@@ -56,7 +67,9 @@ fn decode_png(bytes: &[u8]) -> Result<(Image8, Option<Vec<u8>>)> {
 }
 
 fn decode_jpeg(bytes: &[u8]) -> Result<(Image8, Option<Vec<u8>>)> {
-    use zune_jpeg::zune_core::{bytestream::ZCursor, colorspace::ColorSpace, options::DecoderOptions};
+    use zune_jpeg::zune_core::{
+        bytestream::ZCursor, colorspace::ColorSpace, options::DecoderOptions,
+    };
     let opts = DecoderOptions::default().jpeg_set_out_colorspace(ColorSpace::RGB);
     let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), opts);
     let data = dec.decode().map_err(|e| bad(format!("JPEG: {e:?}")))?;
@@ -75,11 +88,24 @@ fn exif_orientation(tiff: &[u8]) -> Option<u16> {
     };
     let u16_at = |o: usize| -> Option<u16> {
         let b = [*tiff.get(o)?, *tiff.get(o + 1)?];
-        Some(if le { u16::from_le_bytes(b) } else { u16::from_be_bytes(b) })
+        Some(if le {
+            u16::from_le_bytes(b)
+        } else {
+            u16::from_be_bytes(b)
+        })
     };
     let u32_at = |o: usize| -> Option<u32> {
-        let b = [*tiff.get(o)?, *tiff.get(o + 1)?, *tiff.get(o + 2)?, *tiff.get(o + 3)?];
-        Some(if le { u32::from_le_bytes(b) } else { u32::from_be_bytes(b) })
+        let b = [
+            *tiff.get(o)?,
+            *tiff.get(o + 1)?,
+            *tiff.get(o + 2)?,
+            *tiff.get(o + 3)?,
+        ];
+        Some(if le {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        })
     };
     let ifd = u32_at(4)? as usize;
     let entries = u16_at(ifd)? as usize;
@@ -139,10 +165,20 @@ mod tests {
 
     #[test]
     fn png_gray_and_rgba_decode() -> Result<()> {
-        let g = decode(&png_bytes(3, 2, png::ColorType::Grayscale, &[1, 2, 3, 4, 5, 6]))?;
+        let g = decode(&png_bytes(
+            3,
+            2,
+            png::ColorType::Grayscale,
+            &[1, 2, 3, 4, 5, 6],
+        ))?;
         assert_eq!((g.width(), g.height(), g.channels()), (3, 2, 1));
         assert_eq!(g.data(), &[1, 2, 3, 4, 5, 6]);
-        let rgba = decode(&png_bytes(1, 2, png::ColorType::Rgba, &[1, 2, 3, 9, 4, 5, 6, 0]))?;
+        let rgba = decode(&png_bytes(
+            1,
+            2,
+            png::ColorType::Rgba,
+            &[1, 2, 3, 9, 4, 5, 6, 0],
+        ))?;
         assert_eq!(rgba.data(), &[1, 2, 3, 4, 5, 6]);
         assert!(decode(b"GIF89a").is_err());
         Ok(())
@@ -153,10 +189,18 @@ mod tests {
         // 2x1 image [a b]: orientation 6 (rotate 90° clockwise) gives a 1x2 column [a; b].
         let img = Image8::from_parts(2, 1, 1, vec![10, 20]);
         let r = apply_orientation(&img, 6);
-        assert_eq!((r.width(), r.height(), r.data().to_vec()), (1, 2, vec![10, 20]));
+        assert_eq!(
+            (r.width(), r.height(), r.data().to_vec()),
+            (1, 2, vec![10, 20])
+        );
         let r = apply_orientation(&img, 8);
-        assert_eq!((r.width(), r.height(), r.data().to_vec()), (1, 2, vec![20, 10]));
-        let tiff = [b'I', b'I', 42, 0, 8, 0, 0, 0, 1, 0, 0x12, 0x01, 3, 0, 1, 0, 0, 0, 6, 0, 0, 0];
+        assert_eq!(
+            (r.width(), r.height(), r.data().to_vec()),
+            (1, 2, vec![20, 10])
+        );
+        let tiff = [
+            b'I', b'I', 42, 0, 8, 0, 0, 0, 1, 0, 0x12, 0x01, 3, 0, 1, 0, 0, 0, 6, 0, 0, 0,
+        ];
         assert_eq!(exif_orientation(&tiff), Some(6));
     }
 }

@@ -58,7 +58,11 @@ fn precompute_coeffs(in_size: usize, out_size: usize) -> Coeffs {
         for (x, out) in row.iter_mut().enumerate().take(n) {
             let w = if ww != 0.0 { k[x] / ww } else { k[x] };
             let scaled = w * f64::from(1u32 << PRECISION_BITS);
-            *out = if w < 0.0 { (-0.5 + scaled) as i32 } else { (0.5 + scaled) as i32 };
+            *out = if w < 0.0 {
+                (-0.5 + scaled) as i32
+            } else {
+                (0.5 + scaled) as i32
+            };
         }
         bounds.push((xmin as usize, n));
     }
@@ -95,7 +99,8 @@ pub fn resize_bicubic(img: &Image8, width: usize, height: usize) -> Image8 {
                 for ch in 0..c {
                     let mut ss: i32 = 1 << (PRECISION_BITS - 1);
                     for (x, &kx) in k.iter().enumerate() {
-                        ss = ss.wrapping_add(i32::from(in_row[(x + xmin) * c + ch]).wrapping_mul(kx));
+                        ss = ss
+                            .wrapping_add(i32::from(in_row[(x + xmin) * c + ch]).wrapping_mul(kx));
                     }
                     out_row[xx * c + ch] = clip8(ss);
                 }
@@ -196,8 +201,14 @@ mod tests {
             let co = precompute_coeffs(i, o);
             for xx in 0..o {
                 let (_, n) = co.bounds[xx];
-                let sum: i64 = co.kk[xx * co.ksize..xx * co.ksize + n].iter().map(|&k| i64::from(k)).sum();
-                assert!((sum - (1 << PRECISION_BITS)).abs() <= n as i64, "{i}->{o} at {xx}: {sum}");
+                let sum: i64 = co.kk[xx * co.ksize..xx * co.ksize + n]
+                    .iter()
+                    .map(|&k| i64::from(k))
+                    .sum();
+                assert!(
+                    (sum - (1 << PRECISION_BITS)).abs() <= n as i64,
+                    "{i}->{o} at {xx}: {sum}"
+                );
             }
         }
     }
