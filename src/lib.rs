@@ -1,3 +1,4 @@
 //! placeholder
 
+pub mod bench_encoder;
 pub mod model;

@@ -8,7 +8,8 @@
 //! Output is NCHW `[B, net_3_chans, S/64, S/64]`.
 //!
 //! Attention over a global grid (4,096 tokens at 1024 px, 6,400 at 1280) is computed in blocks of
-//! query rows, so the `(heads × N × N)` logits and rel-pos bias never exist at once.
+//! query rows, so the `(heads × N × N)` logits never exist at once, and the decomposed rel-pos bias is
+//! folded into the q·kᵀ GEMM (see [`sdpa_rel_pos`]) instead of being materialised.
 
 use candle_core::{D, DType, Tensor};
 use candle_nn::VarBuilder;
@@ -70,8 +71,9 @@ struct Attention {
     num_heads: usize,
     rel_pos_h: Tensor,
     rel_pos_w: Tensor,
-    /// `(Rh, Rw)` gathered per (q_h, q_w) grid: `[h, h, hd]`, `[w, w, hd]`.
-    rel_cache: ResizeCache<(Tensor, Tensor)>,
+    /// Per (h, w) grid: `Rh` `[h, h, hd]`, `Rw` `[w, w, hd]`, and the keys' one-hot row/column
+    /// indicators `[h·w, h + w]` that turn the rel-pos bias into part of the q·kᵀ product.
+    rel_cache: ResizeCache<(Tensor, Tensor, Tensor)>,
     span: tracing::Span,
     span_rel: tracing::Span,
     span_sdpa: tracing::Span,
@@ -110,6 +112,20 @@ impl Attention {
         Ok(resized.index_select(&idx, 0)?.reshape((size, size, ()))?)
     }
 
+    /// `[h·w, h + w]`: for key `j = r·w + c`, ones at column `r` and at column `h + c`.
+    fn key_indicators(h: usize, w: usize, like: &Tensor) -> Result<Tensor> {
+        let mut data = vec![0f32; h * w * (h + w)];
+        for r in 0..h {
+            for c in 0..w {
+                let row = (r * w + c) * (h + w);
+                data[row + r] = 1.0;
+                data[row + h + c] = 1.0;
+            }
+        }
+        let t = Tensor::from_vec(data, (h * w, h + w), like.device())?;
+        Ok(t.to_dtype(like.dtype())?)
+    }
+
     /// `[B, H, W, C]` → `[B, H, W, C]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _enter = self.span.enter();
@@ -127,10 +143,11 @@ impl Attention {
         let k = qkv.get(1)?.contiguous()?.reshape((bh, n, hd))?;
         let v = qkv.get(2)?.contiguous()?.reshape((bh, n, hd))?;
 
-        let (rh, rw) = self.rel_cache.get_or_try((h, w), || {
+        let (rh, rw, key_ind) = self.rel_cache.get_or_try((h, w), || {
             Ok((
                 Self::rel_table(&self.rel_pos_h, h)?,
                 Self::rel_table(&self.rel_pos_w, w)?,
+                Self::key_indicators(h, w, &self.rel_pos_h)?,
             ))
         })?;
         let (rel_h, rel_w) = {
@@ -145,7 +162,7 @@ impl Attention {
                 .reshape((h, bh, w, h))?
                 .permute((1, 0, 2, 3))?
                 .contiguous()?
-                .reshape((bh, n, h, 1))?;
+                .reshape((bh, n, h))?;
             // rel_w = einsum("bhwc,wkc->bhwk", r_q, Rw): batched over the query column.
             let rel_w = rq
                 .permute((2, 0, 1, 3))?
@@ -155,14 +172,14 @@ impl Attention {
                 .reshape((w, bh, h, w))?
                 .permute((1, 2, 0, 3))?
                 .contiguous()?
-                .reshape((bh, n, 1, w))?;
+                .reshape((bh, n, w))?;
             (rel_h, rel_w)
         };
 
         let rows = (ATTN_CHUNK_ELEMS / (bh * n)).clamp(1, n);
         let o = {
             let _enter = self.span_sdpa.enter();
-            sdpa_rel_pos(&q, &k, &v, &rel_h, &rel_w, rows)?
+            sdpa_rel_pos(&q, &k, &v, &rel_h, &rel_w, &key_ind, rows)?
         };
         let o = o
             .reshape((b, heads, h, w, hd))?
@@ -172,31 +189,37 @@ impl Attention {
     }
 }
 
-/// `softmax(q·kᵀ/√d + rel_h + rel_w)·v`, `rows` query rows at a time.
+/// `softmax(q·kᵀ/√d + bias)·v` with `bias[i, j] = rel_h[i, row(j)] + rel_w[i, col(j)]`, `rows` query
+/// rows at a time.
 ///
-/// `q, k, v`: `[BH, N, d]`; `rel_h`: `[BH, N, kh, 1]`; `rel_w`: `[BH, N, 1, kw]` with `kh·kw = N`.
-/// This is SDPA with `attn_mask = rel_h + rel_w`: only q·kᵀ is scaled, the bias was made from the
-/// unscaled q. Blocks of query rows keep the logits and bias at `BH × rows × N`.
+/// `q, k, v`: `[BH, N, d]`; `rel_h`: `[BH, N, kh]`; `rel_w`: `[BH, N, kw]`; `key_ind`: `[N, kh + kw]`,
+/// the one-hot row and column of every key (N = kh·kw). This is SDPA with
+/// `attn_mask = rel_h + rel_w` (only q·kᵀ is scaled; the bias was made from the unscaled q).
+///
+/// The bias is folded into the product instead of being materialised and added:
+/// `[q/√d | rel_h | rel_w] · [k | key_ind]ᵀ = q·kᵀ/√d + rel_h[i, row(j)] + rel_w[i, col(j)]`.
+/// One GEMM with a longer inner dimension replaces three passes over the `BH × rows × N` logits.
 fn sdpa_rel_pos(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     rel_h: &Tensor,
     rel_w: &Tensor,
+    key_ind: &Tensor,
     rows: usize,
 ) -> Result<Tensor> {
     let (bh, n, hd) = q.dims3()?;
     let scale = 1.0 / (hd as f64).sqrt();
-    let kt = k.t()?;
+    let q_aug = Tensor::cat(&[&(q * scale)?, rel_h, rel_w], 2)?;
+    let ind = key_ind
+        .unsqueeze(0)?
+        .broadcast_as((bh, n, key_ind.dim(1)?))?;
+    let kt = Tensor::cat(&[k, &ind], 2)?.t()?;
     let mut outs = Vec::with_capacity(n.div_ceil(rows));
     for start in (0..n).step_by(rows.max(1)) {
         let len = rows.min(n - start);
-        let logits = (q.narrow(1, start, len)?.matmul(&kt)? * scale)?;
-        let bias = rel_h
-            .narrow(1, start, len)?
-            .broadcast_add(&rel_w.narrow(1, start, len)?)?
-            .reshape((bh, len, n))?;
-        let probs = candle_nn::ops::softmax_last_dim(&(logits + bias)?)?;
+        let logits = q_aug.narrow(1, start, len)?.matmul(&kt)?;
+        let probs = candle_nn::ops::softmax_last_dim(&logits)?;
         outs.push(probs.matmul(v)?);
     }
     Ok(Tensor::cat(&outs, 1)?)
@@ -489,15 +512,19 @@ mod tests {
         let q = Tensor::randn(0f32, 1.0, (bh, n, d), &dev)?;
         let k = Tensor::randn(0f32, 1.0, (bh, n, d), &dev)?;
         let v = Tensor::randn(0f32, 1.0, (bh, n, d), &dev)?;
-        let rel_h = Tensor::randn(0f32, 1.0, (bh, n, kh, 1), &dev)?;
-        let rel_w = Tensor::randn(0f32, 1.0, (bh, n, 1, kw), &dev)?;
-        let whole = sdpa_rel_pos(&q, &k, &v, &rel_h, &rel_w, n)?;
-        // The reference formula, with the full (BH, N, N) bias materialised.
-        let bias = rel_h.broadcast_add(&rel_w)?.reshape((bh, n, n))?;
+        let rel_h = Tensor::randn(0f32, 1.0, (bh, n, kh), &dev)?;
+        let rel_w = Tensor::randn(0f32, 1.0, (bh, n, kw), &dev)?;
+        let ind = Attention::key_indicators(kh, kw, &q)?;
+        let whole = sdpa_rel_pos(&q, &k, &v, &rel_h, &rel_w, &ind, n)?;
+        // The reference formula, with the full (BH, N, N) bias materialised as in PyTorch.
+        let bias = rel_h
+            .unsqueeze(3)?
+            .broadcast_add(&rel_w.unsqueeze(2)?)?
+            .reshape((bh, n, n))?;
         let logits = ((q.matmul(&k.t()?)? / (d as f64).sqrt())? + bias)?;
         let naive = candle_nn::ops::softmax_last_dim(&logits)?.matmul(&v)?;
         for rows in [1, 3, 7] {
-            let chunked = sdpa_rel_pos(&q, &k, &v, &rel_h, &rel_w, rows)?;
+            let chunked = sdpa_rel_pos(&q, &k, &v, &rel_h, &rel_w, &ind, rows)?;
             let diff = (chunked - &whole)?
                 .abs()?
                 .flatten_all()?
