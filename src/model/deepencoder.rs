@@ -171,3 +171,15 @@ impl DeepEncoder {
         Ok(Tensor::cat(&pieces, 0)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The engine shares one encoder between worker threads.
+    #[test]
+    fn encoder_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<DeepEncoder>();
+    }
+}

@@ -169,7 +169,8 @@ fn sdpa_rel_pos(
     let mut outs = Vec::with_capacity(n.div_ceil(rows));
     for start in (0..n).step_by(rows.max(1)) {
         let len = rows.min(n - start);
-        let logits = q_aug.narrow(1, start, len)?.matmul(&kt)?;
+        // A contiguous block keeps the GEMM's batch stride plain for every backend (cuBLAS included).
+        let logits = q_aug.narrow(1, start, len)?.contiguous()?.matmul(&kt)?;
         let probs = candle_nn::ops::softmax_last_dim(&logits)?;
         outs.push(probs.matmul(v)?);
     }
