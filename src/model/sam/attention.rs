@@ -1,0 +1,233 @@
+//! SAM attention (`blocks.N.attn`): multi-head attention with decomposed relative position
+//! (spec §2.2, "Attention with rel-pos").
+//!
+//! The rel-pos tables are gathered per grid (linearly resized in f32 when the grid is not the
+//! pretraining one), the bias terms `rel_h`, `rel_w` come from the unscaled q, and SDPA runs in blocks
+//! of query rows with the bias folded into the q·kᵀ GEMM ([`sdpa_rel_pos`]).
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+
+use crate::model::config::{Linear, SamConfig, linear, tensor};
+use crate::model::error::Result;
+use crate::model::interp::{ResizeCache, resize_rows_linear};
+
+/// Upper bound on elements of one block of attention logits (`heads·B × rows × N`), 128 MiB in f32.
+const ATTN_CHUNK_ELEMS: usize = 32 << 20;
+
+/// `blocks.N.attn`: multi-head attention with decomposed relative position.
+pub(super) struct Attention {
+    qkv: Linear,
+    proj: Linear,
+    num_heads: usize,
+    rel_pos_h: Tensor,
+    rel_pos_w: Tensor,
+    /// Per (h, w) grid: `Rh` `[h, h, hd]`, `Rw` `[w, w, hd]`, and the keys' one-hot row/column
+    /// indicators `[h·w, h + w]` that turn the rel-pos bias into part of the q·kᵀ product.
+    rel_cache: ResizeCache<(Tensor, Tensor, Tensor)>,
+    span: tracing::Span,
+    span_rel: tracing::Span,
+    span_sdpa: tracing::Span,
+}
+
+impl Attention {
+    pub(super) fn new(cfg: &SamConfig, input_size: usize, vb: VarBuilder) -> Result<Self> {
+        let dim = cfg.embed_dim;
+        let table = (2 * input_size - 1, cfg.head_dim());
+        Ok(Self {
+            qkv: linear(&vb.pp("qkv"), dim, 3 * dim, true)?,
+            proj: linear(&vb.pp("proj"), dim, dim, true)?,
+            num_heads: cfg.num_heads,
+            rel_pos_h: tensor(&vb, table, "rel_pos_h")?,
+            rel_pos_w: tensor(&vb, table, "rel_pos_w")?,
+            rel_cache: ResizeCache::default(),
+            span: tracing::span!(tracing::Level::TRACE, "attn"),
+            span_rel: tracing::span!(tracing::Level::TRACE, "attn-rel-pos"),
+            span_sdpa: tracing::span!(tracing::Level::TRACE, "attn-sdpa"),
+        })
+    }
+
+    /// `get_rel_pos(size, size, table)`: `R[q, k] = table'[q − k + size − 1]`, where `table'` is the
+    /// table linearly resized (f32) to `2·size − 1` rows when its length differs.
+    fn rel_table(table: &Tensor, size: usize) -> Result<Tensor> {
+        let len = 2 * size - 1;
+        let resized = if table.dim(0)? == len {
+            table.clone()
+        } else {
+            resize_rows_linear(table, len)?.to_dtype(table.dtype())?
+        };
+        let idx: Vec<u32> = (0..size)
+            .flat_map(|q| (0..size).map(move |k| (q + size - 1 - k) as u32))
+            .collect();
+        let idx = Tensor::from_vec(idx, size * size, table.device())?;
+        Ok(resized.index_select(&idx, 0)?.reshape((size, size, ()))?)
+    }
+
+    /// `[h·w, h + w]`: for key `j = r·w + c`, ones at column `r` and at column `h + c`.
+    fn key_indicators(h: usize, w: usize, like: &Tensor) -> Result<Tensor> {
+        let mut data = vec![0f32; h * w * (h + w)];
+        for r in 0..h {
+            for c in 0..w {
+                let row = (r * w + c) * (h + w);
+                data[row + r] = 1.0;
+                data[row + h + c] = 1.0;
+            }
+        }
+        let t = Tensor::from_vec(data, (h * w, h + w), like.device())?;
+        Ok(t.to_dtype(like.dtype())?)
+    }
+
+    /// `[B, H, W, C]` → `[B, H, W, C]`.
+    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        let (b, h, w, c) = x.dims4()?;
+        let (n, heads) = (h * w, self.num_heads);
+        let hd = c / heads;
+        let bh = b * heads;
+        // qkv.reshape(B, H*W, 3, heads, hd).permute(2, 0, 3, 1, 4).reshape(3, B*heads, H*W, hd)
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape((b, n, 3, heads, hd))?
+            .permute((2, 0, 3, 1, 4))?;
+        let q = qkv.get(0)?.contiguous()?.reshape((bh, n, hd))?;
+        let k = qkv.get(1)?.contiguous()?.reshape((bh, n, hd))?;
+        let v = qkv.get(2)?.contiguous()?.reshape((bh, n, hd))?;
+
+        let (rh, rw, key_ind) = self.rel_cache.get_or_try((h, w), || {
+            Ok((
+                Self::rel_table(&self.rel_pos_h, h)?,
+                Self::rel_table(&self.rel_pos_w, w)?,
+                Self::key_indicators(h, w, &self.rel_pos_h)?,
+            ))
+        })?;
+        let (rel_h, rel_w) = {
+            let _enter = self.span_rel.enter();
+            let rq = q.reshape((bh, h, w, hd))?;
+            // rel_h = einsum("bhwc,hkc->bhwk", r_q, Rh): batched over the query row.
+            let rel_h = rq
+                .permute((1, 0, 2, 3))?
+                .contiguous()?
+                .reshape((h, bh * w, hd))?
+                .matmul(&rh.transpose(1, 2)?)?
+                .reshape((h, bh, w, h))?
+                .permute((1, 0, 2, 3))?
+                .contiguous()?
+                .reshape((bh, n, h))?;
+            // rel_w = einsum("bhwc,wkc->bhwk", r_q, Rw): batched over the query column.
+            let rel_w = rq
+                .permute((2, 0, 1, 3))?
+                .contiguous()?
+                .reshape((w, bh * h, hd))?
+                .matmul(&rw.transpose(1, 2)?)?
+                .reshape((w, bh, h, w))?
+                .permute((1, 2, 0, 3))?
+                .contiguous()?
+                .reshape((bh, n, w))?;
+            (rel_h, rel_w)
+        };
+
+        let rows = (ATTN_CHUNK_ELEMS / (bh * n)).clamp(1, n);
+        let o = {
+            let _enter = self.span_sdpa.enter();
+            sdpa_rel_pos(&q, &k, &v, &rel_h, &rel_w, &key_ind, rows)?
+        };
+        let o = o
+            .reshape((b, heads, h, w, hd))?
+            .permute((0, 2, 3, 1, 4))?
+            .reshape((b, h, w, c))?;
+        self.proj.forward(&o)
+    }
+}
+
+/// `softmax(q·kᵀ/√d + bias)·v` with `bias[i, j] = rel_h[i, row(j)] + rel_w[i, col(j)]`, `rows` query
+/// rows at a time.
+///
+/// `q, k, v`: `[BH, N, d]`; `rel_h`: `[BH, N, kh]`; `rel_w`: `[BH, N, kw]`; `key_ind`: `[N, kh + kw]`,
+/// the one-hot row and column of every key (N = kh·kw). This is SDPA with
+/// `attn_mask = rel_h + rel_w` (only q·kᵀ is scaled; the bias was made from the unscaled q).
+///
+/// The bias is folded into the product instead of being materialised and added:
+/// `[q/√d | rel_h | rel_w] · [k | key_ind]ᵀ = q·kᵀ/√d + rel_h[i, row(j)] + rel_w[i, col(j)]`.
+/// One GEMM with a longer inner dimension replaces three passes over the `BH × rows × N` logits.
+fn sdpa_rel_pos(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    rel_h: &Tensor,
+    rel_w: &Tensor,
+    key_ind: &Tensor,
+    rows: usize,
+) -> Result<Tensor> {
+    let (bh, n, hd) = q.dims3()?;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let q_aug = Tensor::cat(&[&(q * scale)?, rel_h, rel_w], 2)?;
+    let ind = key_ind
+        .unsqueeze(0)?
+        .broadcast_as((bh, n, key_ind.dim(1)?))?;
+    let kt = Tensor::cat(&[k, &ind], 2)?.t()?;
+    let mut outs = Vec::with_capacity(n.div_ceil(rows));
+    for start in (0..n).step_by(rows.max(1)) {
+        let len = rows.min(n - start);
+        // A contiguous block keeps the GEMM's batch stride plain for every backend (cuBLAS included).
+        let logits = q_aug.narrow(1, start, len)?.contiguous()?.matmul(&kt)?;
+        let probs = candle_nn::ops::softmax_last_dim(&logits)?;
+        outs.push(probs.matmul(v)?);
+    }
+    Ok(Tensor::cat(&outs, 1)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn chunked_attention_equals_one_block() -> Result<()> {
+        let dev = Device::Cpu;
+        let (bh, kh, kw, d) = (3, 4, 5, 8);
+        let n = kh * kw;
+        let q = Tensor::randn(0f32, 1.0, (bh, n, d), &dev)?;
+        let k = Tensor::randn(0f32, 1.0, (bh, n, d), &dev)?;
+        let v = Tensor::randn(0f32, 1.0, (bh, n, d), &dev)?;
+        let rel_h = Tensor::randn(0f32, 1.0, (bh, n, kh), &dev)?;
+        let rel_w = Tensor::randn(0f32, 1.0, (bh, n, kw), &dev)?;
+        let ind = Attention::key_indicators(kh, kw, &q)?;
+        let whole = sdpa_rel_pos(&q, &k, &v, &rel_h, &rel_w, &ind, n)?;
+        // The reference formula, with the full (BH, N, N) bias materialised as in PyTorch.
+        let bias = rel_h
+            .unsqueeze(3)?
+            .broadcast_add(&rel_w.unsqueeze(2)?)?
+            .reshape((bh, n, n))?;
+        let logits = ((q.matmul(&k.t()?)? / (d as f64).sqrt())? + bias)?;
+        let naive = candle_nn::ops::softmax_last_dim(&logits)?.matmul(&v)?;
+        for rows in [1, 3, 7] {
+            let chunked = sdpa_rel_pos(&q, &k, &v, &rel_h, &rel_w, &ind, rows)?;
+            let diff = (chunked - &whole)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            assert!(diff < 1e-6, "rows {rows}: {diff}");
+        }
+        let diff = (naive - &whole)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "{diff}");
+        Ok(())
+    }
+
+    #[test]
+    fn rel_table_indexes_by_offset() -> Result<()> {
+        // Row r of the table holds r: R[q, k] must be q − k + size − 1.
+        let table = Tensor::arange(0f32, 7.0, &Device::Cpu)?.reshape((7, 1))?;
+        let r = Attention::rel_table(&table, 4)?
+            .squeeze(2)?
+            .to_vec2::<f32>()?;
+        assert_eq!(r[0], vec![3.0, 2.0, 1.0, 0.0]);
+        assert_eq!(r[3], vec![6.0, 5.0, 4.0, 3.0]);
+        Ok(())
+    }
+}
