@@ -99,6 +99,8 @@ pub struct DeepseekOcrDecoder {
     cfg: TextConfig,
     dtype: DType,
     device: Device,
+    /// Query rows per attention chunk in a prefill ([`attention::QUERY_CHUNK`] by default).
+    query_chunk: usize,
 }
 
 impl DeepseekOcrDecoder {
@@ -131,6 +133,7 @@ impl DeepseekOcrDecoder {
             cfg: cfg.clone(),
             dtype: vb.dtype(),
             device: vb.device().clone(),
+            query_chunk: attention::QUERY_CHUNK,
         })
     }
 
@@ -158,6 +161,12 @@ impl DeepseekOcrDecoder {
                 m.set_dispatch(dispatch);
             }
         }
+    }
+
+    /// Sets how many query rows a prefill attends at once (memory versus launch count; the result
+    /// does not depend on it).
+    pub fn set_query_chunk(&mut self, rows: usize) {
+        self.query_chunk = rows.max(1);
     }
 
     /// `embed_tokens(ids)`: `[T, hidden]` for a 1-D id list.
@@ -244,7 +253,7 @@ impl DeepseekOcrDecoder {
         let offset = cache.len();
         // Also catches positions beyond the RoPE table before any layer writes the cache.
         self.rope.tables(offset, t)?;
-        let masks = CausalMasks::new(offset, t, &self.device)?;
+        let masks = CausalMasks::new(offset, t, self.query_chunk, &self.device)?;
         let mut x = embeds.to_dtype(self.dtype)?;
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(&x, &self.rope, &masks, cache, i)?;
