@@ -77,12 +77,14 @@ impl NoRepeatNgram {
                 ngram_size,
                 window_size,
                 ..
-            } if *ngram_size < 2 || *window_size == 0 => Err(ModelError::InvalidInput(format!(
-                "windowed no-repeat n-gram needs ngram_size >= 2 and window_size >= 1, got {ngram_size} / {window_size}"
-            ))),
-            NoRepeatNgram::WholeSequence { ngram_size: 0 } => Err(ModelError::InvalidInput(
-                "no_repeat_ngram_size must be positive".into(),
-            )),
+            } if *ngram_size < 2 || *window_size == 0 => Err(ModelError::Input {
+                reason: format!(
+                    "windowed no-repeat n-gram needs ngram_size >= 2 and window_size >= 1, got {ngram_size} / {window_size}"
+                ),
+            }),
+            NoRepeatNgram::WholeSequence { ngram_size: 0 } => Err(ModelError::Input {
+                reason: "no_repeat_ngram_size must be positive".into(),
+            }),
             _ => Ok(()),
         }
     }
@@ -176,25 +178,29 @@ pub fn generate(
     let _span = tracing::debug_span!("decode").entered();
     let (b, t, _) = prompt_embeds.dims3()?;
     if b != 1 {
-        return Err(ModelError::InvalidInput(format!(
-            "generate takes one sequence, got a batch of {b}"
-        )));
+        return Err(ModelError::Input {
+            reason: format!("generate takes one sequence, got a batch of {b}"),
+        });
     }
     if let Some(rule) = &opts.no_repeat {
         rule.validate()?;
         if matches!(rule, NoRepeatNgram::WholeSequence { .. }) && prompt_ids.len() != t {
-            return Err(ModelError::InvalidInput(format!(
-                "the whole-sequence n-gram rule needs the {t} prompt ids, got {}",
-                prompt_ids.len()
-            )));
+            return Err(ModelError::Input {
+                reason: format!(
+                    "the whole-sequence n-gram rule needs the {t} prompt ids, got {}",
+                    prompt_ids.len()
+                ),
+            });
         }
     }
     let max_pos = model.config().max_position_embeddings;
     if opts.max_context > max_pos {
-        return Err(ModelError::InvalidInput(format!(
-            "max_context {} exceeds max_position_embeddings {max_pos}",
-            opts.max_context
-        )));
+        return Err(ModelError::Input {
+            reason: format!(
+                "max_context {} exceeds max_position_embeddings {max_pos}",
+                opts.max_context
+            ),
+        });
     }
     if t >= opts.max_context {
         return Err(ModelError::ContextFull {

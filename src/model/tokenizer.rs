@@ -116,11 +116,13 @@ impl OcrTokenizer {
         let prompt = prompt.trim();
         let pieces: Vec<&str> = prompt.split(IMAGE_TOKEN).collect();
         if pieces.len() - 1 != image_tokens.len() {
-            return Err(ModelError::InvalidInput(format!(
-                "prompt has {} {IMAGE_TOKEN} marks for {} images",
-                pieces.len() - 1,
-                image_tokens.len()
-            )));
+            return Err(ModelError::Input {
+                reason: format!(
+                    "prompt has {} {IMAGE_TOKEN} marks for {} images",
+                    pieces.len() - 1,
+                    image_tokens.len()
+                ),
+            });
         }
         let mut ids = vec![self.bos_token_id];
         let mut image_mask = vec![false];
@@ -254,7 +256,7 @@ mod tests {
         let t = tokenizer()?;
         assert!(matches!(
             t.encode_prompt("<image>Free OCR.", &[]),
-            Err(ModelError::InvalidInput(_))
+            Err(ModelError::Input { .. })
         ));
         let p = t.encode_prompt("a<image>b<image>", &[1, 2])?;
         let img = t.image_token_id();

@@ -32,10 +32,12 @@ impl KvCache {
         device: &Device,
     ) -> Result<Self, ModelError> {
         if capacity > cfg.max_position_embeddings {
-            return Err(ModelError::InvalidInput(format!(
-                "KV-cache capacity {capacity} exceeds max_position_embeddings {}",
-                cfg.max_position_embeddings
-            )));
+            return Err(ModelError::Input {
+                reason: format!(
+                    "KV-cache capacity {capacity} exceeds max_position_embeddings {}",
+                    cfg.max_position_embeddings
+                ),
+            });
         }
         let shape = (batch, cfg.num_key_value_heads, capacity, cfg.head_dim());
         let layers = (0..cfg.num_hidden_layers)
@@ -111,10 +113,9 @@ impl KvCache {
     ) -> Result<(Tensor, Tensor), ModelError> {
         let t = k.dim(2)?;
         self.check_room(t)?;
-        let (kc, vc) = self
-            .layers
-            .get(layer)
-            .ok_or_else(|| ModelError::InvalidInput(format!("KV cache has no layer {layer}")))?;
+        let (kc, vc) = self.layers.get(layer).ok_or_else(|| ModelError::Input {
+            reason: format!("KV cache has no layer {layer}"),
+        })?;
         kc.slice_set(&k.contiguous()?, 2, self.len)?;
         vc.slice_set(&v.contiguous()?, 2, self.len)?;
         Ok((

@@ -19,15 +19,17 @@ pub(crate) fn weight<S: Into<Shape>>(
         format!("{}.{name}", vb.prefix())
     };
     if !vb.contains_tensor(name) {
-        return Err(ModelError::Weight {
+        return Err(ModelError::MissingTensor { name: full });
+    }
+    let t = vb.get_unchecked(name)?;
+    if t.shape() != &shape {
+        return Err(ModelError::TensorShape {
             name: full,
-            reason: "missing from the checkpoint".into(),
+            expected: shape.dims().to_vec(),
+            got: t.dims().to_vec(),
         });
     }
-    vb.get(shape.clone(), name).map_err(|e| ModelError::Weight {
-        name: full,
-        reason: format!("expected shape {shape:?}: {e}"),
-    })
+    Ok(t)
 }
 
 /// A bias-free or biased `nn.Linear(in_dim, out_dim)` read from `vb` (`weight`, optional `bias`).
@@ -146,19 +148,25 @@ mod tests {
         );
         let vb = VarBuilder::from_tensors(ts, DType::F32, &dev);
         match Mlp::new(&vb.pp("m"), 2, 4) {
-            Err(ModelError::Weight { name, .. }) => assert_eq!(name, "m.up_proj.weight"),
+            Err(ModelError::TensorShape {
+                name,
+                expected,
+                got,
+            }) => {
+                assert_eq!(
+                    (name.as_str(), expected, got),
+                    ("m.up_proj.weight", vec![4, 2], vec![4, 3])
+                );
+            }
             other => panic!("expected a weight error, got {:?}", other.err()),
         }
         match Mlp::new(&vb.pp("m"), 3, 4) {
-            Err(ModelError::Weight { name, .. }) => assert_eq!(name, "m.gate_proj.weight"),
+            Err(ModelError::TensorShape { name, .. }) => assert_eq!(name, "m.gate_proj.weight"),
             other => panic!("expected a weight error, got {:?}", other.err()),
         }
         let vb2 = VarBuilder::from_tensors(HashMap::new(), DType::F32, &dev);
         match Mlp::new(&vb2.pp("m"), 2, 4) {
-            Err(ModelError::Weight { name, reason }) => {
-                assert_eq!(name, "m.gate_proj.weight");
-                assert!(reason.contains("missing"));
-            }
+            Err(ModelError::MissingTensor { name }) => assert_eq!(name, "m.gate_proj.weight"),
             other => panic!("expected a weight error, got {:?}", other.err()),
         }
         Ok(())

@@ -172,10 +172,12 @@ impl DeepseekOcrDecoder {
     /// `embed_tokens(ids)`: `[T, hidden]` for a 1-D id list.
     pub fn embed_ids(&self, ids: &[u32]) -> Result<Tensor, ModelError> {
         if let Some(bad) = ids.iter().find(|&&i| i as usize >= self.cfg.vocab_size) {
-            return Err(ModelError::InvalidInput(format!(
-                "token id {bad} is outside the vocabulary ({})",
-                self.cfg.vocab_size
-            )));
+            return Err(ModelError::Input {
+                reason: format!(
+                    "token id {bad} is outside the vocabulary ({})",
+                    self.cfg.vocab_size
+                ),
+            });
         }
         let ids = Tensor::new(ids, &self.device)?;
         Ok(self.embed_tokens.forward(&ids)?)
@@ -235,19 +237,18 @@ impl DeepseekOcrDecoder {
     fn hidden_states(&self, embeds: &Tensor, cache: &mut KvCache) -> Result<Tensor, ModelError> {
         let _span = tracing::trace_span!("decoder", t = embeds.dims().get(1).copied().unwrap_or(0))
             .entered();
-        let (b, t, h) = embeds.dims3().map_err(|_| {
-            ModelError::InvalidInput(format!(
-                "embeddings must be [B, T, hidden], got {:?}",
-                embeds.dims()
-            ))
+        let (b, t, h) = embeds.dims3().map_err(|_| ModelError::Input {
+            reason: format!("embeddings must be [B, T, hidden], got {:?}", embeds.dims()),
         })?;
         if h != self.cfg.hidden_size || t == 0 || b != cache.batch() {
-            return Err(ModelError::InvalidInput(format!(
-                "embeddings {:?} do not fit hidden_size {} and a cache of batch {}",
-                embeds.dims(),
-                self.cfg.hidden_size,
-                cache.batch()
-            )));
+            return Err(ModelError::Input {
+                reason: format!(
+                    "embeddings {:?} do not fit hidden_size {} and a cache of batch {}",
+                    embeds.dims(),
+                    self.cfg.hidden_size,
+                    cache.batch()
+                ),
+            });
         }
         cache.check_room(t)?;
         let offset = cache.len();
@@ -274,15 +275,14 @@ pub fn splice_image_embeds(
     let (t, h) = token_embeds.dims2()?;
     let (n, hi) = image_embeds.dims2()?;
     if image_mask.len() != t {
-        return Err(ModelError::InvalidInput(format!(
-            "image mask has {} entries for {t} tokens",
-            image_mask.len()
-        )));
+        return Err(ModelError::Input {
+            reason: format!("image mask has {} entries for {t} tokens", image_mask.len()),
+        });
     }
     if hi != h {
-        return Err(ModelError::InvalidInput(format!(
-            "image embeddings are {hi} wide, the decoder {h}"
-        )));
+        return Err(ModelError::Input {
+            reason: format!("image embeddings are {hi} wide, the decoder {h}"),
+        });
     }
     let placeholders = image_mask.iter().filter(|&&m| m).count();
     if placeholders != n {

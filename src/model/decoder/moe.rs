@@ -222,9 +222,11 @@ impl Moe {
         // Counting sort of slot s = token·k + j by expert id.
         let mut counts = vec![0usize; n_exp];
         for &e in &ids {
-            let slot = counts.get_mut(e as usize).ok_or_else(|| {
-                ModelError::InvalidInput(format!("router chose expert {e} of {n_exp}"))
-            })?;
+            let slot = counts
+                .get_mut(e as usize)
+                .ok_or_else(|| ModelError::Input {
+                    reason: format!("router chose expert {e} of {n_exp}"),
+                })?;
             *slot += 1;
         }
         let mut starts = vec![0usize; n_exp];
@@ -334,7 +336,7 @@ mod tests {
         let m = |n: &str| -> Result<Vec<Vec<f32>>, ModelError> {
             Ok(ts
                 .get(n)
-                .ok_or_else(|| ModelError::InvalidInput(n.into()))?
+                .ok_or_else(|| ModelError::Input { reason: n.into() })?
                 .to_vec2::<f32>()?)
         };
         let matvec = |w: &[Vec<f32>], v: &[f32]| -> Vec<f32> {
