@@ -15,8 +15,9 @@ use optimem::model::ModelError;
 use optimem::model::decoder::moe::Dispatch;
 use optimem::model::decoder::{DeepseekOcrDecoder, TextConfig};
 use optimem::model::generate::{
-    Control, GenerateOptions, NoRepeatNgram, Sampling, StopReason, generate,
+    Control, GenerateOptions, NoRepeatNgram, Sampling, StopReason, generate, generate_text,
 };
+use optimem::model::tokenizer::OcrTokenizer;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -337,5 +338,32 @@ fn missing_or_misshaped_tensors_are_named() -> TestResult {
         Tensor::zeros((5, 64), DType::F32, &Device::Cpu)?,
     );
     check(w, "model.layers.1.mlp.gate.weight")?;
+    Ok(())
+}
+
+#[test]
+fn generate_text_streams_the_decoded_continuation() -> TestResult {
+    let fx = load()?;
+    let model = fx.model()?;
+    let (ids, embeds) = fx.prompt(&model)?;
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/tokenizers/deepseek-v3/tokenizer.json");
+    let tok = OcrTokenizer::from_file(&path, 0, 1)?;
+    let mut pieces = Vec::new();
+    let (text, g) = generate_text(
+        &model,
+        &tok,
+        &embeds,
+        &ids,
+        &greedy_options(64, None),
+        |piece| {
+            pieces.push(piece.to_string());
+            Control::Continue
+        },
+    )?;
+    assert_eq!(g.tokens, fx.ids("greedy_ids")?);
+    assert_eq!(text, tok.decode(&g.tokens)?);
+    assert_eq!(pieces.concat(), text);
+    assert!(pieces.len() > 1, "text must arrive in pieces: {pieces:?}");
     Ok(())
 }
