@@ -1,3 +1,4 @@
 //! placeholder
 
+pub mod bench_decoder;
 pub mod model;

@@ -21,15 +21,18 @@ pub(crate) fn weight<S: Into<Shape>>(
     if !vb.contains_tensor(name) {
         return Err(ModelError::MissingTensor { name: full });
     }
-    let t = vb.get_unchecked(name)?;
-    if t.shape() != &shape {
-        return Err(ModelError::TensorShape {
-            name: full,
-            expected: shape.dims().to_vec(),
-            got: t.dims().to_vec(),
-        });
+    match vb.get(shape.clone(), name) {
+        Ok(t) => Ok(t),
+        // Report the stored shape when the backend can tell it; otherwise the backend's error.
+        Err(e) => match vb.get_unchecked(name) {
+            Ok(t) if t.shape() != &shape => Err(ModelError::TensorShape {
+                name: full,
+                expected: shape.dims().to_vec(),
+                got: t.dims().to_vec(),
+            }),
+            _ => Err(e.into()),
+        },
     }
-    Ok(t)
 }
 
 /// A bias-free or biased `nn.Linear(in_dim, out_dim)` read from `vb` (`weight`, optional `bias`).
