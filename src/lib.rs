@@ -6,8 +6,9 @@
 //! # Layout
 //! - [`input`]: reading plain text and chat logs (JSONL / JSON arrays) with line-numbered errors.
 //! - [`model`]: DeepSeek-OCR in candle (DeepEncoder, MoE decoder, generation, tokenizer), loading the official checkpoint layout.
-//! - [`bench_encoder`]: the encoder benchmark behind `optimem bench encoder`.
+//! - [`bench_encoder`], [`bench_decoder`]: full-size random-weight benchmarks behind `optimem bench encoder|decoder`.
 
+pub mod bench_decoder;
 pub mod bench_encoder;
 pub mod input;
 pub mod model;

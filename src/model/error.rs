@@ -51,6 +51,25 @@ pub enum ModelError {
     #[error("bad model input: {reason}")]
     Input { reason: String },
 
+    /// `tokenizer.json` could not be loaded or used (encode/decode failed, a required token such as
+    /// `<image>` is absent). The model directory's tokenizer must be fixed.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    /// The prompt's `<image>` positions and the image embeddings supplied differ in number: the prompt
+    /// and the DeepEncoder output disagree; rebuild one from the other.
+    #[error(
+        "prompt has {placeholders} <image> positions but {embeddings} image embeddings were given"
+    )]
+    ImageTokenMismatch {
+        placeholders: usize,
+        embeddings: usize,
+    },
+
+    /// The request does not fit in the context: the KV cache, the RoPE table or the context cap would be
+    /// exceeded. Shorten the prompt or ask for fewer tokens.
+    #[error("context full: {requested} positions requested, capacity is {capacity}")]
+    ContextFull { requested: usize, capacity: usize },
     /// The tensor library failed (out of memory, device error, or an internal shape bug).
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),

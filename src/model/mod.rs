@@ -8,6 +8,9 @@
 //! * [`interp`]: torch-exact bicubic-antialias and linear resizes for the position tables.
 //! * [`sam`], [`clip`]: the two towers of the DeepEncoder (`model.sam_model`, `model.vision_model`).
 //! * [`deepencoder`]: fusion, projector and the 2-D token layout; token counts and the tile rule.
+//! * [`decoder`]: the DeepSeek-3B-MoE language model (plain MHA, MoE with shared experts) that reads the vision tokens.
+//! * [`generate`]: greedy or sampled decoding with the no-repeat n-gram guard, streaming through a callback.
+//! * [`tokenizer`]: prompt building (plain template, `<image>` placeholders) and incremental detokenisation.
 //!
 //! # Encoder API
 //! ```no_run
@@ -36,11 +39,14 @@
 
 pub mod clip;
 pub mod config;
+pub mod decoder;
 pub mod deepencoder;
 pub mod error;
+pub mod generate;
 pub mod interp;
 pub mod preprocess;
 pub mod sam;
+pub mod tokenizer;
 
 pub use config::VisionConfig;
 pub use deepencoder::DeepEncoder;

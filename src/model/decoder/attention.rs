@@ -1,0 +1,183 @@
+//! Plain multi-head causal self-attention (transformers' `LlamaAttention`, spec §4.2).
+//!
+//! DeepSeek-OCR sets `use_mla: false`, so each layer has `q_proj`, `k_proj`, `v_proj`, `o_proj`
+//! (hidden → hidden, bias only if `attention_bias`), non-interleaved RoPE over the full head and
+//! scale 1/√head_dim. candle's `deepseek2.rs` only knows MLA, hence this module.
+//!
+//! Prefill attends in chunks of query rows so that the score matrix stays bounded
+//! (`[B, heads, QUERY_CHUNK, kv_len]` in f32) even for prompts of thousands of positions.
+//! The softmax runs in f32 and is cast back, as the eager reference does.
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+use crate::model::ModelError;
+use crate::model::decoder::TextConfig;
+use crate::model::decoder::kv_cache::KvCache;
+use crate::model::decoder::layers::linear;
+use crate::model::decoder::rope::RotaryEmbedding;
+
+/// Query rows attended at once during prefill by default (bounds the f32 score matrix: 512 rows ×
+/// 8,192 keys × 10 heads × 4 B = 168 MB at the official size and full context).
+pub const QUERY_CHUNK: usize = 512;
+
+/// Additive causal masks for one forward, shared by every layer.
+///
+/// Query row `i` of the forward sits at absolute position `offset + i` and may see keys
+/// `0..=offset + i`. One mask per query chunk, `[rows, offset + chunk_end]`, f32 (0 or -inf);
+/// `None` where no key is hidden (a single-token step).
+#[derive(Debug)]
+pub struct CausalMasks {
+    chunks: Vec<(usize, usize, Option<Tensor>)>,
+}
+
+impl CausalMasks {
+    /// Masks for `t` query rows at positions `offset..offset + t`, attended `chunk` rows at a time.
+    pub fn new(offset: usize, t: usize, chunk: usize, device: &Device) -> Result<Self, ModelError> {
+        let chunk = chunk.max(1);
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        while start < t {
+            let rows = chunk.min(t - start);
+            let kv_len = offset + start + rows;
+            let mask = if rows == 1 {
+                None
+            } else {
+                let mut m = vec![0f32; rows * kv_len];
+                for r in 0..rows {
+                    let visible = offset + start + r + 1;
+                    m[r * kv_len + visible..(r + 1) * kv_len].fill(f32::NEG_INFINITY);
+                }
+                Some(Tensor::from_vec(m, (rows, kv_len), device)?)
+            };
+            chunks.push((start, rows, mask));
+            start += rows;
+        }
+        Ok(Self { chunks })
+    }
+}
+
+/// One layer's `self_attn`.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    scale: f64,
+}
+
+impl Attention {
+    pub fn new(cfg: &TextConfig, vb: &VarBuilder) -> Result<Self, ModelError> {
+        let h = cfg.hidden_size;
+        let hd = cfg.head_dim();
+        let kv = cfg.num_key_value_heads * hd;
+        let bias = cfg.attention_bias;
+        Ok(Self {
+            q_proj: linear(&vb.pp("q_proj"), h, cfg.num_attention_heads * hd, bias)?,
+            k_proj: linear(&vb.pp("k_proj"), h, kv, bias)?,
+            v_proj: linear(&vb.pp("v_proj"), h, kv, bias)?,
+            o_proj: linear(&vb.pp("o_proj"), cfg.num_attention_heads * hd, h, bias)?,
+            num_heads: cfg.num_attention_heads,
+            num_kv_heads: cfg.num_key_value_heads,
+            head_dim: hd,
+            scale: 1.0 / (hd as f64).sqrt(),
+        })
+    }
+
+    /// `x`: `[B, T, hidden]` at positions `cache.len()..cache.len() + T`. Writes this layer's keys
+    /// and values into `cache` (the caller advances it after the last layer).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: &RotaryEmbedding,
+        masks: &CausalMasks,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Result<Tensor, ModelError> {
+        let _span = tracing::trace_span!("attn").entered();
+        let (b, t, _) = x.dims3()?;
+        let offset = cache.len();
+        let split = |y: Tensor, heads: usize| -> Result<Tensor, ModelError> {
+            Ok(y.reshape((b, t, heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = split(self.q_proj.forward(x)?, self.num_heads)?;
+        let k = split(self.k_proj.forward(x)?, self.num_kv_heads)?;
+        let v = split(self.v_proj.forward(x)?, self.num_kv_heads)?;
+        let q = rope.apply(&q, offset)?;
+        let k = rope.apply(&k, offset)?;
+        let (k, v) = cache.write(layer, &k, &v)?;
+        let k = repeat_kv(k, self.num_heads / self.num_kv_heads)?;
+        let v = repeat_kv(v, self.num_heads / self.num_kv_heads)?;
+
+        let mut outs = Vec::with_capacity(masks.chunks.len());
+        for (start, rows, mask) in &masks.chunks {
+            let kv_len = offset + start + rows;
+            let q = q.narrow(2, *start, *rows)?;
+            let k = k.narrow(2, 0, kv_len)?;
+            let v = v.narrow(2, 0, kv_len)?;
+            // scores = q kᵀ / √d in the activation dtype, softmax in f32 (eager LlamaAttention).
+            let scores = (q.matmul(&k.t()?)? * self.scale)?.to_dtype(DType::F32)?;
+            let scores = match mask {
+                Some(m) => scores.broadcast_add(m)?,
+                None => scores,
+            };
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+            outs.push(probs.matmul(&v)?);
+        }
+        let out = if outs.len() == 1 {
+            outs.remove(0)
+        } else {
+            Tensor::cat(&outs, 2)?
+        };
+        let out = out
+            .transpose(1, 2)?
+            .reshape((b, t, self.num_heads * self.head_dim))?;
+        Ok(self.o_proj.forward(&out)?)
+    }
+}
+
+/// Repeats each key/value head `n_rep` times (grouped-query attention); a no-op for MHA.
+fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor, ModelError> {
+    if n_rep == 1 {
+        return Ok(x);
+    }
+    let (b, h, t, d) = x.dims4()?;
+    Ok(x.unsqueeze(2)?
+        .broadcast_as((b, h, n_rep, t, d))?
+        .reshape((b, h * n_rep, t, d))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causal_mask_hides_the_future_only() -> Result<(), ModelError> {
+        let masks = CausalMasks::new(2, 3, QUERY_CHUNK, &Device::Cpu)?;
+        assert_eq!(masks.chunks.len(), 1);
+        let m = masks.chunks[0]
+            .2
+            .as_ref()
+            .map(|m| m.to_vec2::<f32>())
+            .transpose()?;
+        let m = m.unwrap_or_default();
+        let inf = f32::NEG_INFINITY;
+        assert_eq!(
+            m,
+            vec![
+                vec![0., 0., 0., inf, inf],
+                vec![0., 0., 0., 0., inf],
+                vec![0.; 5]
+            ]
+        );
+        let single = CausalMasks::new(7, 1, QUERY_CHUNK, &Device::Cpu)?;
+        assert!(single.chunks[0].2.is_none());
+        Ok(())
+    }
+}
