@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use optimem::model::Mode;
 use optimem_renderer::{LayoutConfig, Tier};
 
 #[derive(Parser)]
@@ -25,6 +26,8 @@ enum Command {
     Render(RenderArgs),
     /// Training feed: JSON requests on stdin, framed grayscale pages with glyph positions on stdout.
     RenderStream(StreamArgs),
+    /// DeepSeek-OCR on one image (PNG or JPEG); the text is printed as it is generated.
+    Ocr(OcrArgs),
     /// Benchmarks (ratios against a reference run side by side).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -74,6 +77,23 @@ struct StreamArgs {
     layout: LayoutArgs,
 }
 
+#[derive(Args)]
+struct OcrArgs {
+    /// The image to read.
+    image: PathBuf,
+    /// Model directory (config.json, tokenizer.json, *.safetensors): the bundled model, or a downloaded
+    /// deepseek-ai/DeepSeek-OCR folder as is.
+    #[arg(long, env = "OPTIMEM_MODEL", default_value = "models/optimem-tiny")]
+    model: PathBuf,
+    /// tiny (512), small (640), base (1024), large (1280) or gundam (640-px tiles + 1024 global view).
+    #[arg(long, default_value = "base")]
+    mode: Mode,
+    #[arg(long, default_value = optimem::model::FREE_OCR_PROMPT)]
+    prompt: String,
+    #[arg(long, default_value_t = 4096)]
+    max_new_tokens: usize,
+}
+
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Raster pages/s per core at each tier, against Pillow drawing the same lines.
@@ -107,6 +127,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             layout.validate()?;
             cli::render::render_stream(a.tier, layout, a.all_pages)
         }
+        Command::Ocr(a) => cli::ocr::ocr(&a.image, &a.model, a.mode, &a.prompt, a.max_new_tokens),
         Command::Bench(BenchCommand::Render {
             pages,
             repeat,

@@ -1,4 +1,5 @@
 //! The verbs of the `optimem` binary. Each function takes validated arguments from `main.rs` and does one job.
 
 pub mod bench;
+pub mod ocr;
 pub mod render;

@@ -10,6 +10,7 @@
 //! * [`deepencoder`]: fusion, projector and the 2-D token layout; token counts and the tile rule.
 //! * [`decoder`]: the DeepSeek-3B-MoE language model (plain MHA, MoE with shared experts) that reads the vision tokens.
 //! * [`generate`]: greedy or sampled decoding with the no-repeat n-gram guard, streaming through a callback.
+//! * [`pipeline`]: [`OcrModel`], the whole model from a model directory: encode pages, decode vision tokens, OCR.
 //! * [`tokenizer`]: prompt building (plain template, `<image>` placeholders) and incremental detokenisation.
 //!
 //! # Encoder API
@@ -44,6 +45,7 @@ pub mod deepencoder;
 pub mod error;
 pub mod generate;
 pub mod interp;
+pub mod pipeline;
 pub mod preprocess;
 pub mod sam;
 pub mod tokenizer;
@@ -51,4 +53,5 @@ pub mod tokenizer;
 pub use config::VisionConfig;
 pub use deepencoder::DeepEncoder;
 pub use error::ModelError;
+pub use pipeline::{FREE_OCR_PROMPT, OcrModel};
 pub use preprocess::{Image8, Mode, PreparedImage};

@@ -1,0 +1,162 @@
+//! The whole model: a model directory → DeepEncoder + MoE decoder + tokenizer, and the three things callers do with it:
+//! encode a page into vision tokens, decode stored vision tokens back to text, and OCR an image end to end.
+//!
+//! A model directory holds `config.json`, `tokenizer.json` and `*.safetensors` in the official DeepSeek-OCR layout, so a
+//! downloaded `deepseek-ai/DeepSeek-OCR` folder and our bundled `models/optimem-tiny` load through the same code.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::model::config::{load_safetensors_mmap, read_config_json};
+use crate::model::decoder::{DeepseekOcrDecoder, TextConfig};
+use crate::model::generate::{Control, GenerateOptions, Generation, generate_text};
+use crate::model::tokenizer::OcrTokenizer;
+use crate::model::{DeepEncoder, Image8, Mode, ModelError, VisionConfig, preprocess};
+
+/// The prompt of the paper's Fox study and of optical recall: plain text, no layout markup.
+pub const FREE_OCR_PROMPT: &str = "<image>\nFree OCR.";
+
+/// A loaded DeepSeek-OCR model.
+pub struct OcrModel {
+    pub encoder: DeepEncoder,
+    pub decoder: DeepseekOcrDecoder,
+    pub tokenizer: OcrTokenizer,
+    pub vision: VisionConfig,
+    pub text: TextConfig,
+    /// Identifies the weights that made a set of vision tokens (stored with every page): the directory name and a
+    /// fingerprint of config.json and the weight files' sizes.
+    pub id: String,
+    pub dir: PathBuf,
+}
+
+impl std::fmt::Debug for OcrModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OcrModel")
+            .field("id", &self.id)
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OcrModel {
+    /// Loads a model directory on `device` in `dtype` (f32 on CPU; bf16 on CUDA).
+    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError> {
+        let json = read_config_json(dir)?;
+        let vision = VisionConfig::from_config_json(&json)?;
+        let text = TextConfig::from_config_json(&json)?;
+        let vb = load_safetensors_mmap(dir, dtype, device)?;
+        let encoder = DeepEncoder::new(&vision, vb.clone())?;
+        let decoder = DeepseekOcrDecoder::new(&text, vb)?;
+        let tokenizer = OcrTokenizer::from_file(
+            &dir.join("tokenizer.json"),
+            text.bos_token_id,
+            text.eos_token_id,
+        )?;
+        let id = model_id(dir)?;
+        Ok(Self {
+            encoder,
+            decoder,
+            tokenizer,
+            vision,
+            text,
+            id,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// A page or image → its vision-token sequence `[N, hidden]` (layout newlines and view separator included).
+    pub fn encode(&self, image: &Image8, mode: Mode) -> Result<Tensor, ModelError> {
+        let prepared = preprocess::prepare(image, mode)?;
+        self.encoder.encode(&prepared)
+    }
+
+    /// Decodes one image's vision-token sequence (as [`Self::encode`] made it, possibly stored and reloaded) with `prompt`,
+    /// which must contain exactly one `<image>`. `on_text` receives the text as it is generated and may stop it.
+    pub fn decode(
+        &self,
+        image_embeds: &Tensor,
+        prompt: &str,
+        opts: &GenerateOptions,
+        on_text: impl FnMut(&str) -> Control,
+    ) -> Result<(String, Generation), ModelError> {
+        let n = image_embeds.dim(0)?;
+        let p = self.tokenizer.encode_prompt(prompt, &[n])?;
+        let embeds = self
+            .decoder
+            .prompt_embeds(&p.ids, &p.image_mask, Some(image_embeds))?;
+        generate_text(
+            &self.decoder,
+            &self.tokenizer,
+            &embeds,
+            &p.ids,
+            opts,
+            on_text,
+        )
+    }
+
+    /// OCR end to end: preprocess, encode, decode.
+    pub fn ocr(
+        &self,
+        image: &Image8,
+        mode: Mode,
+        prompt: &str,
+        opts: &GenerateOptions,
+        on_text: impl FnMut(&str) -> Control,
+    ) -> Result<(String, Generation), ModelError> {
+        let embeds = self.encode(image, mode)?;
+        self.decode(&embeds, prompt, opts, on_text)
+    }
+
+    /// The official greedy settings (n-gram 30 over 90, `<td>` whitelist) capped at `max_new_tokens`.
+    pub fn ocr_options(&self, max_new_tokens: usize) -> GenerateOptions {
+        let mut opts = GenerateOptions::ocr(
+            self.tokenizer.eos_token_id(),
+            self.tokenizer.ngram_whitelist(),
+        );
+        opts.max_new_tokens = max_new_tokens;
+        opts.max_context = opts.max_context.min(self.text.max_position_embeddings);
+        opts
+    }
+}
+
+/// `dirname@fingerprint`: FNV-1a over config.json's bytes and each weight file's name and size (reading 6.7 GB to hash
+/// it would make every start slow; a re-export with other weights changes the sizes or the config in practice).
+fn model_id(dir: &Path) -> Result<String, ModelError> {
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
+        move |source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    let cfg = dir.join("config.json");
+    feed(&std::fs::read(&cfg).map_err(io(&cfg))?);
+    let mut files: Vec<(String, u64)> = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let entry = entry.map_err(io(dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".safetensors") {
+            let len = entry.metadata().map_err(io(&entry.path()))?.len();
+            files.push((name, len));
+        }
+    }
+    files.sort();
+    for (name, len) in &files {
+        feed(name.as_bytes());
+        feed(&len.to_le_bytes());
+    }
+    let name = dir
+        .canonicalize()
+        .ok()
+        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()));
+    Ok(format!(
+        "{}@{h:016x}",
+        name.unwrap_or_else(|| "model".into())
+    ))
+}
