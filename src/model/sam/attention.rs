@@ -5,8 +5,9 @@
 //! pretraining one), the bias terms `rel_h`, `rel_w` come from the unscaled q, and SDPA runs in blocks
 //! of query rows with the bias folded into the q·kᵀ GEMM ([`sdpa_rel_pos`]).
 
-use candle_core::Tensor;
+use candle_core::{CpuStorage, DType, Layout, Shape, Tensor};
 use candle_nn::VarBuilder;
+use rayon::prelude::*;
 
 use crate::model::config::{Linear, SamConfig, linear, tensor};
 use crate::model::error::Result;
@@ -146,11 +147,55 @@ impl Attention {
 /// `q, k, v`: `[BH, N, d]`; `rel_h`: `[BH, N, kh]`; `rel_w`: `[BH, N, kw]`; `key_ind`: `[N, kh + kw]`,
 /// the one-hot row and column of every key (N = kh·kw). This is SDPA with
 /// `attn_mask = rel_h + rel_w` (only q·kᵀ is scaled; the bias was made from the unscaled q).
-///
-/// The bias is folded into the product instead of being materialised and added:
+/// The `(BH × N × N)` bias is never materialised: on CPU in f32 a fused op adds it while taking the
+/// softmax ([`RelPosSoftmax`]); elsewhere it is folded into the GEMM ([`sdpa_rel_pos_folded`]).
+pub(super) fn sdpa_rel_pos(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    rel_h: &Tensor,
+    rel_w: &Tensor,
+    key_ind: &Tensor,
+    rows: usize,
+) -> Result<Tensor> {
+    if q.device().is_cpu() && q.dtype() == DType::F32 {
+        sdpa_rel_pos_fused(q, k, v, rel_h, rel_w, rows)
+    } else {
+        sdpa_rel_pos_folded(q, k, v, rel_h, rel_w, key_ind, rows)
+    }
+}
+
+/// CPU f32 path: plain q·kᵀ GEMM, then one pass per row adding scale, bias and softmax.
+fn sdpa_rel_pos_fused(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    rel_h: &Tensor,
+    rel_w: &Tensor,
+    rows: usize,
+) -> Result<Tensor> {
+    let (_, n, hd) = q.dims3()?;
+    let op = RelPosSoftmax {
+        scale: (1.0 / (hd as f64).sqrt()) as f32,
+    };
+    let kt = k.t()?;
+    let mut outs = Vec::with_capacity(n.div_ceil(rows));
+    for start in (0..n).step_by(rows.max(1)) {
+        let len = rows.min(n - start);
+        let logits = q.narrow(1, start, len)?.contiguous()?.matmul(&kt)?;
+        let rh = rel_h.narrow(1, start, len)?.contiguous()?;
+        let rw = rel_w.narrow(1, start, len)?.contiguous()?;
+        let probs = logits.apply_op3_no_bwd(&rh, &rw, &op)?;
+        outs.push(probs.matmul(v)?);
+    }
+    Ok(Tensor::cat(&outs, 1)?)
+}
+
+/// Any-device path: the bias folded into the product,
 /// `[q/√d | rel_h | rel_w] · [k | key_ind]ᵀ = q·kᵀ/√d + rel_h[i, row(j)] + rel_w[i, col(j)]`.
-/// One GEMM with a longer inner dimension replaces three passes over the `BH × rows × N` logits.
-fn sdpa_rel_pos(
+/// One GEMM with a longer inner dimension (d + kh + kw) replaces the bias passes; on GPUs the extra
+/// GEMM work is cheaper than separate element-wise kernels.
+fn sdpa_rel_pos_folded(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -177,6 +222,105 @@ fn sdpa_rel_pos(
     Ok(Tensor::cat(&outs, 1)?)
 }
 
+/// `eˣ` for `x ≤ 0` (softmax after subtracting the row maximum): 1.2e-7 max relative error against
+/// `f32::exp` over [−87, 0] (measured in the test below).
+///
+/// Cody–Waite range reduction `x = n·ln2 + r` and Cephes' degree-6 polynomial for `eʳ`, written with
+/// plain adds and multiplies (no `mul_add`, which is a libm call without the FMA target feature;
+/// rounding by the 1.5·2²³ trick; `2ⁿ` by building the exponent bits) so the softmax loop vectorises,
+/// which a loop calling `expf` does not. Inputs below −87 are clamped there (result ≈ 1.6e-38, not the
+/// smaller true value: invisible in a softmax weight).
+#[inline]
+fn exp_nonpositive(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding it rounds to an integer in the low mantissa bits
+    let x = x.max(-87.0);
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let mut p = 1.987_569_1e-4_f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let y = p * r * r + r + 1.0;
+    // n ∈ [−126, 0]: the integer sits in t's low mantissa bits.
+    let n_int = (t.to_bits() as i32) - (ROUND.to_bits() as i32);
+    y * f32::from_bits(((n_int + 127) as u32) << 23)
+}
+
+/// `softmax(logits·scale + rel_h[.., row(j)] + rel_w[.., col(j)])` over the last dimension, in one pass
+/// per row (CPU, f32): `logits` `[.., kh·kw]`, `rel_h` `[.., kh]`, `rel_w` `[.., kw]`, all contiguous.
+struct RelPosSoftmax {
+    scale: f32,
+}
+
+impl candle_core::CustomOp3 for RelPosSoftmax {
+    fn name(&self) -> &'static str {
+        "rel-pos-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+            let CpuStorage::F32(data) = s else {
+                candle_core::bail!("rel-pos-softmax: f32 only");
+            };
+            let Some((a, b)) = l.contiguous_offsets() else {
+                candle_core::bail!("rel-pos-softmax: inputs must be contiguous");
+            };
+            Ok(&data[a..b])
+        }
+        let (logits, rel_h, rel_w) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let n = l1.dims().last().copied().unwrap_or(0);
+        let kh = l2.dims().last().copied().unwrap_or(0);
+        let kw = l3.dims().last().copied().unwrap_or(0);
+        let row_count = logits.len().checked_div(n).unwrap_or(0);
+        if kh * kw != n || rel_h.len() != row_count * kh || rel_w.len() != row_count * kw {
+            candle_core::bail!(
+                "rel-pos-softmax: shapes {:?} {:?} {:?}",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            );
+        }
+        let mut out = vec![0f32; logits.len()];
+        let scale = self.scale;
+        out.par_chunks_mut(n.max(1)).enumerate().for_each(|(r, o)| {
+            let src = &logits[r * n..(r + 1) * n];
+            let (h, w) = (&rel_h[r * kh..(r + 1) * kh], &rel_w[r * kw..(r + 1) * kw]);
+            let mut max = f32::NEG_INFINITY;
+            for (a, &hb) in h.iter().enumerate() {
+                let (s_row, o_row) = (&src[a * kw..(a + 1) * kw], &mut o[a * kw..(a + 1) * kw]);
+                for ((d, &s), &wb) in o_row.iter_mut().zip(s_row).zip(w) {
+                    *d = s * scale + (hb + wb);
+                    max = max.max(*d);
+                }
+            }
+            let mut sum = 0f32;
+            for d in o.iter_mut() {
+                *d = exp_nonpositive(*d - max);
+                sum += *d;
+            }
+            let inv = 1.0 / sum;
+            for d in o.iter_mut() {
+                *d *= inv;
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,7 +337,7 @@ mod tests {
         let rel_h = Tensor::randn(0f32, 1.0, (bh, n, kh), &dev)?;
         let rel_w = Tensor::randn(0f32, 1.0, (bh, n, kw), &dev)?;
         let ind = Attention::key_indicators(kh, kw, &q)?;
-        let whole = sdpa_rel_pos(&q, &k, &v, &rel_h, &rel_w, &ind, n)?;
+        let whole = sdpa_rel_pos_folded(&q, &k, &v, &rel_h, &rel_w, &ind, n)?;
         // The reference formula, with the full (BH, N, N) bias materialised as in PyTorch.
         let bias = rel_h
             .unsqueeze(3)?
@@ -201,14 +345,17 @@ mod tests {
             .reshape((bh, n, n))?;
         let logits = ((q.matmul(&k.t()?)? / (d as f64).sqrt())? + bias)?;
         let naive = candle_nn::ops::softmax_last_dim(&logits)?.matmul(&v)?;
-        for rows in [1, 3, 7] {
-            let chunked = sdpa_rel_pos(&q, &k, &v, &rel_h, &rel_w, &ind, rows)?;
-            let diff = (chunked - &whole)?
-                .abs()?
-                .flatten_all()?
-                .max(0)?
-                .to_scalar::<f32>()?;
-            assert!(diff < 1e-6, "rows {rows}: {diff}");
+        for rows in [1, 3, 7, n] {
+            let folded = sdpa_rel_pos_folded(&q, &k, &v, &rel_h, &rel_w, &ind, rows)?;
+            let fused = sdpa_rel_pos_fused(&q, &k, &v, &rel_h, &rel_w, rows)?;
+            for (name, t) in [("folded", folded), ("fused", fused)] {
+                let diff = (t - &whole)?
+                    .abs()?
+                    .flatten_all()?
+                    .max(0)?
+                    .to_scalar::<f32>()?;
+                assert!(diff < 1e-6, "{name}, rows {rows}: {diff}");
+            }
         }
         let diff = (naive - &whole)?
             .abs()?
@@ -217,6 +364,20 @@ mod tests {
             .to_scalar::<f32>()?;
         assert!(diff < 1e-5, "{diff}");
         Ok(())
+    }
+
+    #[test]
+    fn fast_exp_matches_libm() {
+        let mut worst = 0f32;
+        for i in 0..=2_000_000 {
+            let x = -87.0 * i as f32 / 2_000_000.0;
+            let (a, b) = (exp_nonpositive(x), x.exp());
+            worst = worst.max(((a - b) / b).abs());
+        }
+        eprintln!("fast exp: max relative error {worst:e}");
+        assert!(worst < 2.5e-7, "max relative error {worst:e}");
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+        assert!(exp_nonpositive(-1000.0) < 1e-37);
     }
 
     #[test]
