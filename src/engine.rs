@@ -371,3 +371,24 @@ fn decode(
         cancelled: generation.stop == StopReason::Stopped,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gray_pages_become_three_equal_channels_and_tiers_map_to_modes() -> Result<(), EngineError> {
+        let page = GrayImage {
+            width: 2,
+            height: 1,
+            pixels: vec![10, 200],
+        };
+        let img = page_image(&page)?;
+        assert_eq!((img.width(), img.height(), img.channels()), (2, 1, 3));
+        assert_eq!(img.data(), &[10, 10, 10, 200, 200, 200]);
+        for tier in Tier::ALL {
+            assert_eq!(mode_for(tier).name(), tier.name());
+        }
+        Ok(())
+    }
+}

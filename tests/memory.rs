@@ -343,6 +343,28 @@ fn forget_stats_and_scope_isolation() {
     );
     assert_eq!(cross.map_err(|e| e.code()).err(), Some(ErrorCode::NotFound));
 
+    // The long memory's pieces, page after page, give back its text exactly.
+    let long = m
+        .recall(
+            &a,
+            &Selector::Memories(vec![ra2.memory_ids[0]]),
+            RecallMode::Exact,
+            Budget::default(),
+        )
+        .expect("recall long");
+    assert_eq!(long.len(), ra2.pages.len());
+    let mut joined = String::new();
+    for item in &long {
+        let Recalled::Exact { pieces, .. } = &item.content else {
+            panic!("not exact")
+        };
+        for p in pieces.iter().filter(|p| p.memory == ra2.memory_ids[0]) {
+            assert_eq!(p.range.start as usize, joined.len());
+            joined.push_str(&p.text);
+        }
+    }
+    assert_eq!(joined, long_text(3));
+
     // Forgetting the long memory removes its pages (and the short one sharing its first page).
     let report = m
         .forget(&a, &Forget::Memories(vec![ra2.memory_ids[0]]))
@@ -360,6 +382,35 @@ fn forget_stats_and_scope_isolation() {
 
     m.forget(&b, &Forget::Scope).expect("forget b");
     assert_eq!(m.stats(Some(&b)).expect("stats").store.pages, 0);
+}
+
+#[test]
+fn time_range_selects_pages_by_when_memories_were_said() {
+    let f = fixture(4, true);
+    let m = memory(&f, small_then_tiny());
+    let s = scope("erin");
+    let at = |t: u64, text: &str| Message {
+        time_ms: Some(t),
+        ..msg("user", text)
+    };
+    let early = m.remember(&s, &[at(1_000, &long_text(5))]).expect("early");
+    let late = m.remember(&s, &[at(9_000, "later on")]).expect("late");
+    let pick = |r: std::ops::Range<u64>| -> Vec<optimem_store::PageId> {
+        m.recall(
+            &s,
+            &Selector::TimeRange(r),
+            RecallMode::Images,
+            Budget::default(),
+        )
+        .expect("recall")
+        .into_iter()
+        .map(|i| i.meta.id)
+        .collect()
+    };
+    let early_ids: Vec<_> = early.pages.iter().map(|p| p.id).collect();
+    assert_eq!(pick(0..2_000), early_ids);
+    assert_eq!(pick(5_000..10_000), [late.pages[0].id]);
+    assert!(pick(2_000..5_000).is_empty());
 }
 
 #[test]

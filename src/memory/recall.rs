@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use optimem_store::{MemoryId, Page, PageId, PageMeta, PageParts, PageSelector, Scope};
 
-use crate::model::FREE_OCR_PROMPT;
 use crate::model::generate::Control;
 
 use super::{Memory, MemoryError, Result};
@@ -27,7 +26,7 @@ pub enum Selector {
 /// What to give back for each page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecallMode {
-    /// Text decoded by the model from the stored vision tokens (prompt [`FREE_OCR_PROMPT`]).
+    /// Text decoded by the model from the stored vision tokens (prompt [`crate::model::FREE_OCR_PROMPT`]).
     Optical,
     /// The page's source text, when the store keeps sources.
     Exact,
@@ -205,7 +204,6 @@ impl Memory {
                 },
             });
         }
-        debug_assert!(FREE_OCR_PROMPT.contains("<image>"));
         Ok(out)
     }
 
