@@ -6,9 +6,13 @@
 //! # Layout
 //! - [`input`]: reading plain text and chat logs (JSONL / JSON arrays) with line-numbered errors.
 //! - [`model`]: DeepSeek-OCR in candle (DeepEncoder, MoE decoder, generation, tokenizer), loading the official checkpoint layout.
+//! - [`engine`]: the model's worker thread behind a bounded queue (encode, decode with streaming and cancel, count).
+//! - [`memory`]: Remember / Recall / Age / Forget / Stats over the renderer, the engine and the store.
 //! - [`bench_encoder`], [`bench_decoder`]: full-size random-weight benchmarks behind `optimem bench encoder|decoder`.
 
 pub mod bench_decoder;
 pub mod bench_encoder;
+pub mod engine;
 pub mod input;
+pub mod memory;
 pub mod model;

@@ -1,0 +1,394 @@
+//! The engine: one worker thread that owns the [`OcrModel`] and runs its jobs — encode a page raster into vision
+//! tokens, decode stored vision tokens back to text (streaming, cancellable), count text tokens.
+//!
+//! It sits between the memory logic ([`crate::memory`]) and the model. The model runs on a plain `std::thread`, never
+//! on an async runtime, because a forward pass blocks for milliseconds to seconds. Jobs reach it through a bounded
+//! queue: when the queue is full a submission fails at once with [`EngineError::Busy`] (the service's
+//! `RESOURCE_EXHAUSTED`) instead of queueing without limit or hanging the caller. Calls are blocking: the caller waits
+//! for its job's answer (the service calls them from `spawn_blocking`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+
+use candle_core::{DType, Device, Tensor};
+use optimem_renderer::{GrayImage, Tier};
+
+use crate::model::generate::{Control, StopReason};
+use crate::model::{Image8, Mode, ModelError, OcrModel};
+
+/// Jobs waiting beyond the one running, by default: enough to smooth a burst, small enough that a caller learns
+/// quickly that the model is saturated.
+pub const DEFAULT_QUEUE: usize = 16;
+
+/// What can go wrong with an engine call, by what the caller should do.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The job queue is full: the model is saturated. Retry later (gRPC `RESOURCE_EXHAUSTED`); nothing was run.
+    #[error("engine busy: {queue} jobs already queued")]
+    Busy { queue: usize },
+    /// The worker has stopped (shut down, or a job panicked); the engine must be restarted.
+    #[error("engine worker has stopped")]
+    Stopped,
+    /// The input does not fit the model (token width differs from the model's hidden size, ...): a caller bug or
+    /// tokens made by another model.
+    #[error("bad engine input: {0}")]
+    Input(String),
+    /// The model failed on this job.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+/// Vision tokens of one page: `rows` embeddings (what the decoder is fed, newlines and view separator included) of
+/// `cols` values each, row-major f32.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Encoded {
+    pub values: Vec<f32>,
+    pub rows: usize,
+    pub cols: usize,
+    /// The paper's vision-token count for the tier (64 / 100 / 256 / 400 / Gundam's).
+    pub vision_tokens: u32,
+}
+
+/// Text decoded from vision tokens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decoded {
+    pub text: String,
+    /// Tokens generated (EOS excluded).
+    pub tokens: usize,
+    /// True when the cancel flag or the piece callback stopped generation early.
+    pub cancelled: bool,
+}
+
+/// The DeepSeek-OCR resolution mode that encodes a page rasterized at `tier`.
+pub fn mode_for(tier: Tier) -> Mode {
+    match tier {
+        Tier::Tiny => Mode::Tiny,
+        Tier::Small => Mode::Small,
+        Tier::Base => Mode::Base,
+        Tier::Large => Mode::Large,
+        Tier::Gundam => Mode::Gundam,
+    }
+}
+
+/// A grayscale page as the 3-channel image the model's preprocessing expects (the official pipeline converts every
+/// image to RGB; a gray page gives three equal channels).
+pub fn page_image(page: &GrayImage) -> Result<Image8, EngineError> {
+    let data = page.pixels.iter().flat_map(|&p| [p, p, p]).collect();
+    Ok(Image8::new(
+        page.width as usize,
+        page.height as usize,
+        3,
+        data,
+    )?)
+}
+
+enum DecodeMsg {
+    Piece(String),
+    Done(Result<Decoded, EngineError>),
+}
+
+enum Job {
+    Encode {
+        image: Image8,
+        tier: Tier,
+        reply: mpsc::Sender<Result<Encoded, EngineError>>,
+    },
+    Decode {
+        values: Vec<f32>,
+        rows: usize,
+        cols: usize,
+        max_new_tokens: usize,
+        cancel: Arc<AtomicBool>,
+        reply: mpsc::Sender<DecodeMsg>,
+    },
+    CountTokens {
+        text: String,
+        reply: mpsc::Sender<Result<usize, EngineError>>,
+    },
+    Pause {
+        started: mpsc::Sender<()>,
+        resume: Receiver<()>,
+    },
+}
+
+/// Engine settings.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Jobs that may wait while one runs; a submission beyond this is [`EngineError::Busy`]. At least 1.
+    pub queue: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            queue: DEFAULT_QUEUE,
+        }
+    }
+}
+
+/// The model's worker thread and its queue. Cheap to share (`Arc<Engine>`); dropping it drains the queue and joins
+/// the worker.
+#[derive(Debug)]
+pub struct Engine {
+    tx: Option<SyncSender<Job>>,
+    worker: Option<JoinHandle<()>>,
+    queue: usize,
+    model_id: String,
+    hidden: usize,
+    /// Jobs submitted and not yet taken by the worker.
+    queued: Arc<AtomicUsize>,
+}
+
+/// Holds the worker idle until dropped (see [`Engine::pause`]).
+#[derive(Debug)]
+pub struct PauseGuard {
+    _resume: mpsc::Sender<()>,
+}
+
+impl Engine {
+    /// Loads a model directory and starts its worker.
+    pub fn load(
+        dir: &std::path::Path,
+        device: &Device,
+        dtype: DType,
+        cfg: EngineConfig,
+    ) -> Result<Self, EngineError> {
+        Ok(Self::start(OcrModel::load(dir, device, dtype)?, cfg))
+    }
+
+    /// Starts the worker that owns `model`.
+    pub fn start(model: OcrModel, cfg: EngineConfig) -> Self {
+        let queue = cfg.queue.max(1);
+        let (tx, rx) = mpsc::sync_channel::<Job>(queue);
+        let model_id = model.id.clone();
+        let hidden = model.text.hidden_size;
+        let queued = Arc::new(AtomicUsize::new(0));
+        let taken = queued.clone();
+        let worker = std::thread::Builder::new()
+            .name("optimem-engine".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    taken.fetch_sub(1, Ordering::SeqCst);
+                    run(&model, job);
+                }
+            })
+            .ok();
+        Self {
+            // A worker that could not be spawned leaves no receiver: every call answers `Stopped`.
+            tx: worker.as_ref().map(|_| tx),
+            worker,
+            queue,
+            model_id,
+            hidden,
+            queued,
+        }
+    }
+
+    /// Jobs waiting for the worker (not counting the one running): a load figure for health and metrics.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+
+    /// The id of the loaded weights, stamped on every page they encode.
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    /// Width of one vision token (the decoder's hidden size).
+    pub fn hidden_size(&self) -> usize {
+        self.hidden
+    }
+
+    fn submit(&self, job: Job) -> Result<(), EngineError> {
+        let tx = self.tx.as_ref().ok_or(EngineError::Stopped)?;
+        // Counted before sending, so the worker's decrement never runs ahead of it.
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        tx.try_send(job).map_err(|e| {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            match e {
+                TrySendError::Full(_) => EngineError::Busy { queue: self.queue },
+                TrySendError::Disconnected(_) => EngineError::Stopped,
+            }
+        })
+    }
+
+    /// Encodes a page rasterized at `tier` into its vision tokens.
+    pub fn encode(&self, page: &GrayImage, tier: Tier) -> Result<Encoded, EngineError> {
+        let (reply, rx) = mpsc::channel();
+        self.submit(Job::Encode {
+            image: page_image(page)?,
+            tier,
+            reply,
+        })?;
+        rx.recv().map_err(|_| EngineError::Stopped)?
+    }
+
+    /// Decodes vision tokens (`rows × cols`, as [`Engine::encode`] made them) with the free-OCR prompt, at most
+    /// `max_new_tokens` tokens. `on_piece` receives the text as it is generated on the calling thread; returning
+    /// [`Control::Stop`] from it, or setting `cancel`, stops generation at the next token.
+    pub fn decode(
+        &self,
+        values: Vec<f32>,
+        rows: usize,
+        cols: usize,
+        max_new_tokens: usize,
+        cancel: Arc<AtomicBool>,
+        mut on_piece: impl FnMut(&str) -> Control,
+    ) -> Result<Decoded, EngineError> {
+        if cols != self.hidden || rows == 0 || values.len() != rows * cols {
+            return Err(EngineError::Input(format!(
+                "{} values as {rows}×{cols} tokens; the model takes rows of {}",
+                values.len(),
+                self.hidden
+            )));
+        }
+        let (reply, rx) = mpsc::channel();
+        self.submit(Job::Decode {
+            values,
+            rows,
+            cols,
+            max_new_tokens,
+            cancel: cancel.clone(),
+            reply,
+        })?;
+        loop {
+            match rx.recv().map_err(|_| EngineError::Stopped)? {
+                DecodeMsg::Piece(p) => {
+                    if on_piece(&p) == Control::Stop {
+                        cancel.store(true, Ordering::Relaxed);
+                    }
+                }
+                DecodeMsg::Done(result) => return result,
+            }
+        }
+    }
+
+    /// Text tokens of `text` by the model's tokenizer (the metric of DESIGN.md §6 when no DeepSeek-V3 tokenizer is
+    /// configured).
+    pub fn count_tokens(&self, text: &str) -> Result<usize, EngineError> {
+        let (reply, rx) = mpsc::channel();
+        self.submit(Job::CountTokens {
+            text: text.to_owned(),
+            reply,
+        })?;
+        rx.recv().map_err(|_| EngineError::Stopped)?
+    }
+
+    /// Holds the worker idle until the guard is dropped, returning once the worker has stopped taking jobs: for
+    /// maintenance that must not race with model calls, and for tests that fill the queue deterministically. The
+    /// pause itself takes a queue slot until the worker picks it up.
+    pub fn pause(&self) -> Result<PauseGuard, EngineError> {
+        let (started, started_rx) = mpsc::channel();
+        let (resume_tx, resume) = mpsc::channel();
+        self.submit(Job::Pause { started, resume })?;
+        started_rx.recv().map_err(|_| EngineError::Stopped)?;
+        Ok(PauseGuard { _resume: resume_tx })
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(w) = self.worker.take() {
+            // A worker that panicked has already failed its callers with `Stopped`; nothing more to report here.
+            let _ = w.join();
+        }
+    }
+}
+
+fn run(model: &OcrModel, job: Job) {
+    // A caller that gave up has dropped its receiver; its answer is discarded.
+    match job {
+        Job::Encode { image, tier, reply } => {
+            let _ = reply.send(encode(model, &image, tier));
+        }
+        Job::Decode {
+            values,
+            rows,
+            cols,
+            max_new_tokens,
+            cancel,
+            reply,
+        } => {
+            let result = decode(model, values, rows, cols, max_new_tokens, &cancel, &reply);
+            let _ = reply.send(DecodeMsg::Done(result));
+        }
+        Job::CountTokens { text, reply } => {
+            let n = model.tokenizer.encode_text(&text).map(|ids| ids.len());
+            let _ = reply.send(n.map_err(EngineError::from));
+        }
+        Job::Pause { started, resume } => {
+            let _ = started.send(());
+            // Returns when the guard's sender is dropped.
+            let _ = resume.recv();
+        }
+    }
+}
+
+fn encode(model: &OcrModel, image: &Image8, tier: Tier) -> Result<Encoded, EngineError> {
+    let t = model.encode(image, mode_for(tier))?;
+    let (rows, cols) = t.dims2().map_err(ModelError::from)?;
+    let values = t
+        .to_dtype(DType::F32)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(ModelError::from)?;
+    Ok(Encoded {
+        values,
+        rows,
+        cols,
+        vision_tokens: tier.vision_tokens(),
+    })
+}
+
+fn decode(
+    model: &OcrModel,
+    values: Vec<f32>,
+    rows: usize,
+    cols: usize,
+    max_new_tokens: usize,
+    cancel: &AtomicBool,
+    reply: &mpsc::Sender<DecodeMsg>,
+) -> Result<Decoded, EngineError> {
+    let embeds = Tensor::from_vec(values, (rows, cols), model.decoder.device())
+        .and_then(|t| t.to_dtype(model.decoder.dtype()))
+        .map_err(ModelError::from)?;
+    let opts = model.ocr_options(max_new_tokens);
+    let (text, generation) =
+        model.decode(&embeds, crate::model::FREE_OCR_PROMPT, &opts, |piece| {
+            let _ = reply.send(DecodeMsg::Piece(piece.to_owned()));
+            if cancel.load(Ordering::Relaxed) {
+                Control::Stop
+            } else {
+                Control::Continue
+            }
+        })?;
+    Ok(Decoded {
+        text,
+        tokens: generation.tokens.len(),
+        cancelled: generation.stop == StopReason::Stopped,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gray_pages_become_three_equal_channels_and_tiers_map_to_modes() -> Result<(), EngineError> {
+        let page = GrayImage {
+            width: 2,
+            height: 1,
+            pixels: vec![10, 200],
+        };
+        let img = page_image(&page)?;
+        assert_eq!((img.width(), img.height(), img.channels()), (2, 1, 3));
+        assert_eq!(img.data(), &[10, 10, 10, 200, 200, 200]);
+        for tier in Tier::ALL {
+            assert_eq!(mode_for(tier).name(), tier.name());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,501 @@
+//! Remember / Recall / Age / Forget / Stats end to end on the random-weight fixture model and a sled store on disk:
+//! every recall mode, filling the last page, ageing down (never up), forgetting, stats, scope isolation, typed errors
+//! that leave the store unchanged, and the engine's bounded queue.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use candle_core::{DType, Device};
+use optimem::engine::{Engine, EngineConfig, EngineError};
+use optimem::memory::{
+    Budget, ErrorCode, Forget, Memory, MemoryConfig, MemoryError, Message, RecallMode, Recalled,
+    Selector, StreamEvent, TierPolicy,
+};
+use optimem::model::generate::Control;
+use optimem_renderer::{GrayImage, Tier};
+use optimem_store::{OpenOptions, Scope, SledStore, Store};
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    store: Arc<SledStore>,
+    engine: Arc<Engine>,
+}
+
+fn fixture(queue: usize, keep_source: bool) -> Fixture {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let model = tmp.path().join("model");
+    std::fs::create_dir(&model).expect("mkdir");
+    common::fixture_model_dir(&model);
+    let engine =
+        Engine::load(&model, &Device::Cpu, DType::F32, EngineConfig { queue }).expect("engine");
+    let mut opts = OpenOptions::new(engine.model_id());
+    opts.keep_source = keep_source;
+    let store = SledStore::open(tmp.path().join("db"), opts).expect("store");
+    Fixture {
+        _tmp: tmp,
+        store: Arc::new(store),
+        engine: Arc::new(engine),
+    }
+}
+
+/// Small tiers keep the tests fast on two cores: the newest page Small, older ones Tiny.
+fn config(policy: TierPolicy) -> MemoryConfig {
+    MemoryConfig {
+        policy,
+        max_new_tokens: 6,
+        ..MemoryConfig::default()
+    }
+}
+
+fn small_then_tiny() -> TierPolicy {
+    TierPolicy {
+        bands: vec![(1, Tier::Small)],
+        rest: Tier::Tiny,
+    }
+}
+
+fn memory(f: &Fixture, policy: TierPolicy) -> Memory {
+    Memory::new(f.store.clone(), f.engine.clone(), config(policy)).expect("memory")
+}
+
+fn msg(role: &str, content: &str) -> Message {
+    Message {
+        role: role.into(),
+        content: content.into(),
+        time_ms: None,
+        metadata: Default::default(),
+    }
+}
+
+fn scope(user: &str) -> Scope {
+    Scope::user(user).expect("scope")
+}
+
+/// About two and a half pages of prose at the default layout.
+fn long_text(seed: usize) -> String {
+    (0..1400)
+        .map(|i| format!("word{} ", (i * 7 + seed) % 97))
+        .collect()
+}
+
+#[test]
+fn remember_then_recall_in_every_mode() {
+    let f = fixture(4, true);
+    let m = memory(&f, small_then_tiny());
+    let s = scope("alice");
+    let msgs = [
+        msg("user", "What is optical memory?"),
+        msg(
+            "assistant",
+            "Text rendered to pages and kept as vision tokens.",
+        ),
+    ];
+    let r = m.remember(&s, &msgs).expect("remember");
+    assert_eq!(r.memory_ids.len(), 2);
+    assert_eq!(r.pages.len(), 1);
+    let p = &r.pages[0];
+    assert_eq!(
+        (p.tier, p.vision_tokens, p.embeddings),
+        (Tier::Small, 100, 111)
+    );
+    assert!(!p.replaced && p.text_tokens > 0);
+    let ratio = r.compression_ratio.expect("ratio");
+    assert!((ratio - f64::from(p.text_tokens) / 100.0).abs() < 1e-12);
+
+    let all = Selector::LastPages(10);
+    let exact = m
+        .recall(&s, &all, RecallMode::Exact, Budget::default())
+        .expect("exact");
+    assert_eq!(exact.len(), 1);
+    let Recalled::Exact { text, pieces } = &exact[0].content else {
+        panic!("not exact: {:?}", exact[0].content)
+    };
+    assert!(text.contains("user: What is optical memory?"), "{text:?}");
+    let piece_texts: Vec<&str> = pieces.iter().map(|p| p.text.as_str()).collect();
+    assert_eq!(piece_texts, [msgs[0].content.as_str(), &msgs[1].content]);
+    assert_eq!(pieces[1].memory, r.memory_ids[1]);
+
+    let images = m
+        .recall(&s, &all, RecallMode::Images, Budget::default())
+        .expect("images");
+    let Recalled::Png(png) = &images[0].content else {
+        panic!("not png")
+    };
+    let img = GrayImage::from_png(png).expect("png");
+    assert_eq!((img.width, img.height), (640, 640));
+
+    let emb = m
+        .recall(&s, &all, RecallMode::Embeddings, Budget::default())
+        .expect("embeddings");
+    let Recalled::Embeddings { values, shape } = &emb[0].content else {
+        panic!("not embeddings")
+    };
+    assert_eq!(shape, &[111, f.engine.hidden_size() as u32]);
+    // The stored tokens are the page's encoding, within f16 rounding.
+    let fresh = f.engine.encode(&img, Tier::Small).expect("encode");
+    for (a, b) in values.iter().zip(&fresh.values) {
+        assert!((a - b).abs() <= b.abs() * 1e-3 + 1e-4, "{a} vs {b}");
+    }
+
+    let optical = m
+        .recall(&s, &all, RecallMode::Optical, Budget::default())
+        .expect("optical");
+    let Recalled::Optical { text, tokens, .. } = &optical[0].content else {
+        panic!("not optical")
+    };
+    assert!(*tokens > 0 && *tokens <= 6, "{tokens}");
+    // Streaming gives the same text, piece by piece, after the page event.
+    let mut events = Vec::new();
+    let streamed = m
+        .recall_stream(
+            &s,
+            &all,
+            Budget::default(),
+            Arc::new(AtomicBool::new(false)),
+            |e| {
+                events.push(match e {
+                    StreamEvent::Page(meta) => format!("page {}", meta.id),
+                    StreamEvent::Piece(p) => p.to_owned(),
+                });
+                Control::Continue
+            },
+        )
+        .expect("stream");
+    assert_eq!(streamed, optical);
+    assert_eq!(events[0], format!("page {}", p.id));
+    assert_eq!(events[1..].concat(), *text);
+    // Stopping from the callback cancels the call.
+    let stopped = m.recall_stream(&s, &all, Budget::default(), Arc::default(), |e| match e {
+        StreamEvent::Page(_) => Control::Continue,
+        StreamEvent::Piece(_) => Control::Stop,
+    });
+    assert!(
+        matches!(stopped, Err(MemoryError::Cancelled)),
+        "{stopped:?}"
+    );
+
+    // Memory-id selector finds the page; an unknown id is NotFound.
+    let by_id = m
+        .recall(
+            &s,
+            &Selector::Memories(vec![r.memory_ids[0]]),
+            RecallMode::Exact,
+            Budget::default(),
+        )
+        .expect("by id");
+    assert_eq!(by_id[0].meta.id, p.id);
+    let unknown = m.recall(
+        &s,
+        &Selector::Memories(vec![optimem_store::MemoryId::new()]),
+        RecallMode::Exact,
+        Budget::default(),
+    );
+    assert_eq!(
+        unknown.map_err(|e| e.code()).err(),
+        Some(ErrorCode::NotFound)
+    );
+}
+
+#[test]
+fn appending_fills_the_last_page_then_ages_down_never_up() {
+    let f = fixture(4, true);
+    let m = memory(&f, small_then_tiny());
+    let s = scope("bob");
+    let first = m.remember(&s, &[msg("user", "first note")]).expect("first");
+    let second = m
+        .remember(&s, &[msg("assistant", "second note")])
+        .expect("second");
+    // The same page was rewritten holding both memories.
+    assert_eq!(second.pages.len(), 1);
+    assert!(second.pages[0].replaced);
+    assert_eq!(second.pages[0].id, first.pages[0].id);
+    let metas = f.store.list_pages(&s).expect("list");
+    assert_eq!(metas.len(), 1);
+    assert_eq!(
+        metas[0].memories(),
+        [first.memory_ids[0], second.memory_ids[0]]
+    );
+    assert!(metas[0].generation > 0);
+
+    // A long message spills over several pages: older ones are written at their rank's tier.
+    let long = m.remember(&s, &[msg("user", &long_text(1))]).expect("long");
+    assert!(long.pages.len() >= 2, "{}", long.pages.len());
+    assert!(
+        long.pages[0].replaced,
+        "the half-empty page is filled first"
+    );
+    let tiers: Vec<Tier> = long.pages.iter().map(|p| p.tier).collect();
+    assert_eq!(tiers.last(), Some(&Tier::Small));
+    assert!(tiers[..tiers.len() - 1].iter().all(|&t| t == Tier::Tiny));
+
+    // Its last page ends a memory that began on the page before: the next message starts a new page.
+    let next = m.remember(&s, &[msg("user", "one more")]).expect("next");
+    assert_eq!(next.pages.len(), 1);
+    assert!(!next.pages[0].replaced);
+    let before = f.store.list_pages(&s).expect("list");
+    let previous_newest = &before[before.len() - 2];
+    assert_eq!(previous_newest.tier, optimem_store::Tier::Small);
+
+    let report = m.age(Some(&s)).expect("age");
+    assert_eq!(report.aged.len(), 1, "{report:?}");
+    let aged = &report.aged[0];
+    assert_eq!(
+        (aged.page, aged.from, aged.to),
+        (previous_newest.id, Tier::Small, Tier::Tiny)
+    );
+    assert_eq!(aged.embeddings, 73);
+    let after = f
+        .store
+        .get_pages(
+            &s,
+            &optimem_store::PageSelector::Ids(vec![aged.page]),
+            optimem_store::PageParts::ALL,
+        )
+        .expect("get");
+    let raster = GrayImage::from_png(after[0].raster_png.as_deref().expect("raster")).expect("png");
+    assert_eq!((raster.width, after[0].meta.vision_tokens), (512, 64));
+    assert_eq!(after[0].meta.token_shape[0], 73);
+    assert!(after[0].meta.generation > previous_newest.generation);
+
+    // Nothing left to age; and a sharper policy never moves pages up.
+    assert!(m.age(None).expect("age again").aged.is_empty());
+    let sharp = memory(
+        &f,
+        TierPolicy {
+            bands: vec![],
+            rest: Tier::Base,
+        },
+    );
+    assert!(sharp.age(Some(&s)).expect("age sharp").aged.is_empty());
+    let unchanged = f.store.list_pages(&s).expect("list");
+    assert!(
+        unchanged
+            .iter()
+            .all(|p| p.tier != optimem_store::Tier::Base)
+    );
+
+    // The budget keeps the newest pages, in time order.
+    let n = unchanged.len();
+    let budget = Budget {
+        max_pages: Some(2),
+        max_vision_tokens: None,
+    };
+    let got = m
+        .recall(&s, &Selector::LastPages(100), RecallMode::Images, budget)
+        .expect("recall");
+    let ids: Vec<_> = got.iter().map(|i| i.meta.id).collect();
+    assert_eq!(ids, [unchanged[n - 2].id, unchanged[n - 1].id]);
+    let tight = Budget {
+        max_pages: None,
+        max_vision_tokens: Some(100 + 64),
+    };
+    let got = m
+        .recall(&s, &Selector::LastPages(100), RecallMode::Images, tight)
+        .expect("recall");
+    assert_eq!(got.len(), 2, "a Small page (100) and a Tiny one (64)");
+}
+
+#[test]
+fn forget_stats_and_scope_isolation() {
+    let f = fixture(4, true);
+    let m = memory(&f, small_then_tiny());
+    let (a, b) = (scope("a"), scope("b"));
+    let ra = m.remember(&a, &[msg("user", "alpha one")]).expect("a1");
+    let rb = m.remember(&b, &[msg("user", "beta one")]).expect("b1");
+    let ra2 = m.remember(&a, &[msg("user", &long_text(3))]).expect("a2");
+
+    let sa = m.stats(Some(&a)).expect("stats a");
+    let pages_a = f.store.list_pages(&a).expect("list");
+    assert_eq!(sa.store.pages, pages_a.len() as u64);
+    assert_eq!(sa.store.pages_per_tier.iter().sum::<u64>(), sa.store.pages);
+    assert_eq!(sa.store.memories, 2);
+    let vision: u64 = pages_a.iter().map(|p| u64::from(p.vision_tokens)).sum();
+    let text: u64 = pages_a.iter().map(|p| u64::from(p.text_tokens)).sum();
+    assert_eq!(
+        (sa.store.vision_tokens, sa.store.text_tokens),
+        (vision, text)
+    );
+    assert_eq!(sa.compression_ratio, Some(text as f64 / vision as f64));
+    assert!(sa.store.bytes.tokens > 0 && sa.store.bytes.rasters > 0);
+    let all = m.stats(None).expect("stats all");
+    let sb = m.stats(Some(&b)).expect("stats b");
+    assert_eq!(all.store.pages, sa.store.pages + sb.store.pages);
+    assert_eq!(all.store.memories, 3);
+
+    // Scopes are isolated: b sees only its own page, and a's memory ids are unknown there.
+    let got = m
+        .recall(
+            &b,
+            &Selector::LastPages(50),
+            RecallMode::Exact,
+            Budget::default(),
+        )
+        .expect("recall b");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].meta.id, rb.pages[0].id);
+    let cross = m.recall(
+        &b,
+        &Selector::Memories(vec![ra.memory_ids[0]]),
+        RecallMode::Exact,
+        Budget::default(),
+    );
+    assert_eq!(cross.map_err(|e| e.code()).err(), Some(ErrorCode::NotFound));
+
+    // The long memory's pieces, page after page, give back its text exactly.
+    let long = m
+        .recall(
+            &a,
+            &Selector::Memories(vec![ra2.memory_ids[0]]),
+            RecallMode::Exact,
+            Budget::default(),
+        )
+        .expect("recall long");
+    assert_eq!(long.len(), ra2.pages.len());
+    let mut joined = String::new();
+    for item in &long {
+        let Recalled::Exact { pieces, .. } = &item.content else {
+            panic!("not exact")
+        };
+        for p in pieces.iter().filter(|p| p.memory == ra2.memory_ids[0]) {
+            assert_eq!(p.range.start as usize, joined.len());
+            joined.push_str(&p.text);
+        }
+    }
+    assert_eq!(joined, long_text(3));
+
+    // Forgetting the long memory removes its pages (and the short one sharing its first page).
+    let report = m
+        .forget(&a, &Forget::Memories(vec![ra2.memory_ids[0]]))
+        .expect("forget");
+    assert_eq!(report.pages.len(), ra2.pages.len());
+    assert_eq!(report.partially_lost, [ra.memory_ids[0]]);
+    assert!(f.store.list_pages(&a).expect("list").is_empty());
+    let gone = m.recall(
+        &a,
+        &Selector::Memories(vec![ra2.memory_ids[0]]),
+        RecallMode::Exact,
+        Budget::default(),
+    );
+    assert_eq!(gone.map_err(|e| e.code()).err(), Some(ErrorCode::NotFound));
+
+    m.forget(&b, &Forget::Scope).expect("forget b");
+    assert_eq!(m.stats(Some(&b)).expect("stats").store.pages, 0);
+}
+
+#[test]
+fn time_range_selects_pages_by_when_memories_were_said() {
+    let f = fixture(4, true);
+    let m = memory(&f, small_then_tiny());
+    let s = scope("erin");
+    let at = |t: u64, text: &str| Message {
+        time_ms: Some(t),
+        ..msg("user", text)
+    };
+    let early = m.remember(&s, &[at(1_000, &long_text(5))]).expect("early");
+    let late = m.remember(&s, &[at(9_000, "later on")]).expect("late");
+    let pick = |r: std::ops::Range<u64>| -> Vec<optimem_store::PageId> {
+        m.recall(
+            &s,
+            &Selector::TimeRange(r),
+            RecallMode::Images,
+            Budget::default(),
+        )
+        .expect("recall")
+        .into_iter()
+        .map(|i| i.meta.id)
+        .collect()
+    };
+    let early_ids: Vec<_> = early.pages.iter().map(|p| p.id).collect();
+    assert_eq!(pick(0..2_000), early_ids);
+    assert_eq!(pick(5_000..10_000), [late.pages[0].id]);
+    assert!(pick(2_000..5_000).is_empty());
+}
+
+#[test]
+fn bad_input_is_a_typed_error_and_changes_nothing() {
+    let f = fixture(4, false);
+    let m = memory(&f, small_then_tiny());
+    let s = scope("carol");
+    m.remember(&s, &[msg("user", "kept")]).expect("remember");
+    let before = f.store.stats(None).expect("stats");
+    let big = "x".repeat(m.config().limits.max_message_bytes + 1);
+    for bad in [
+        vec![],
+        vec![msg("", "content")],
+        vec![msg("user", "")],
+        vec![msg("user", "  \n")],
+        vec![msg("user", "fine"), msg("user", &big)],
+    ] {
+        let err = m.remember(&s, &bad).expect_err("must fail");
+        assert_eq!(err.code(), ErrorCode::InvalidArgument, "{err}");
+    }
+    let bad_scope = Scope::new(None, None, None).map_err(MemoryError::from);
+    assert_eq!(
+        bad_scope.map(|_| ()).map_err(|e| e.code()),
+        Err(ErrorCode::InvalidArgument)
+    );
+    for sel in [
+        Selector::LastPages(0),
+        Selector::Memories(vec![]),
+        Selector::TimeRange(5..5),
+    ] {
+        let err = m
+            .recall(&s, &sel, RecallMode::Images, Budget::default())
+            .expect_err("must fail");
+        assert_eq!(err.code(), ErrorCode::InvalidArgument, "{err}");
+    }
+    // This store keeps no source text: EXACT is refused, the others work.
+    let exact = m.recall(
+        &s,
+        &Selector::LastPages(1),
+        RecallMode::Exact,
+        Budget::default(),
+    );
+    assert_eq!(
+        exact.map_err(|e| e.code()).err(),
+        Some(ErrorCode::FailedPrecondition)
+    );
+    assert_eq!(f.store.stats(None).expect("stats").pages, before.pages);
+    assert_eq!(f.store.stats(None).expect("stats").bytes, before.bytes);
+    assert_eq!(
+        f.store.stats(None).expect("stats").memories,
+        before.memories
+    );
+
+    // A store of another model is refused up front.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let other = SledStore::open(tmp.path(), OpenOptions::new("another-model")).expect("store");
+    let refused = Memory::new(Arc::new(other), f.engine.clone(), MemoryConfig::default());
+    assert_eq!(
+        refused.map(|_| ()).map_err(|e| e.code()),
+        Err(ErrorCode::FailedPrecondition)
+    );
+}
+
+#[test]
+fn a_full_queue_is_busy_not_a_hang() {
+    let f = fixture(1, true);
+    let m = memory(&f, small_then_tiny());
+    let s = scope("dave");
+    let before = f.store.stats(None).expect("stats");
+    let guard = f.engine.pause().expect("pause");
+    // The worker is held; one job fills the single queue slot.
+    let engine = f.engine.clone();
+    let waiting = std::thread::spawn(move || engine.count_tokens("a b c"));
+    while f.engine.queued() < 1 {
+        std::thread::yield_now();
+    }
+    assert!(matches!(
+        f.engine.count_tokens("x"),
+        Err(EngineError::Busy { queue: 1 })
+    ));
+    let err = m.remember(&s, &[msg("user", "hello")]).expect_err("busy");
+    assert_eq!(err.code(), ErrorCode::ResourceExhausted, "{err}");
+    assert_eq!(f.store.stats(None).expect("stats").pages, before.pages);
+    drop(guard);
+    assert_eq!(waiting.join().expect("thread").expect("count"), 3);
+    m.remember(&s, &[msg("user", "hello")])
+        .expect("after the burst");
+}
