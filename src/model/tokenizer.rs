@@ -54,6 +54,18 @@ impl OcrTokenizer {
         Self::new(inner, bos_token_id, eos_token_id)
     }
 
+    /// Loads `dir/tokenizer.json` of a model directory, with BOS/EOS from its config.
+    pub fn from_model_dir(
+        dir: &Path,
+        cfg: &crate::model::decoder::TextConfig,
+    ) -> Result<Self, ModelError> {
+        Self::from_file(
+            &dir.join("tokenizer.json"),
+            cfg.bos_token_id,
+            cfg.eos_token_id,
+        )
+    }
+
     pub fn new(
         inner: tokenizers::Tokenizer,
         bos_token_id: u32,

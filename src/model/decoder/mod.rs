@@ -196,8 +196,17 @@ impl DeepseekOcrDecoder {
         let spliced = match image_embeds {
             Some(img) => splice_image_embeds(&tokens, image_mask, &img.to_dtype(self.dtype)?)?,
             None => {
+                if image_mask.len() != ids.len() {
+                    return Err(ModelError::Input {
+                        reason: format!(
+                            "image mask has {} entries for {} tokens",
+                            image_mask.len(),
+                            ids.len()
+                        ),
+                    });
+                }
                 let n = image_mask.iter().filter(|&&m| m).count();
-                if n > 0 || image_mask.len() != ids.len() {
+                if n > 0 {
                     return Err(ModelError::ImageTokenMismatch {
                         placeholders: n,
                         embeddings: 0,
