@@ -17,6 +17,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 
@@ -123,6 +124,7 @@ def aux_loss(logits: torch.Tensor, aux_idx: torch.Tensor) -> torch.Tensor:
 
 
 def lr_at(step: int, t_sched: float, args) -> float:
+    """Linear warm-up over this process's first --warmup steps, then cosine (by time) down to min_lr_frac."""
     warm = min(1.0, (step + 1) / max(1, args.warmup))
     frac = min(1.0, max(0.0, t_sched))
     cos = args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac))
@@ -138,10 +140,12 @@ def main():
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if ddp:
+    if ddp and args.device == "cuda":
         dist.init_process_group("nccl")
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dev = torch.device(args.device if not ddp else f"cuda:{int(os.environ['LOCAL_RANK'])}")
+    elif ddp:
+        dist.init_process_group("gloo")  # CPU tests of the multi-process path
+    dev = torch.device(f"cuda:{int(os.environ['LOCAL_RANK'])}" if ddp and args.device == "cuda" else args.device)
     is_cuda = dev.type == "cuda"
     if is_cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -169,6 +173,7 @@ def main():
 
     # ---------------------------------------------------------------- model
     state = None
+    state_totals = (0, 0.0, 0)
     if args.resume and args.resume.endswith(".pt"):
         state = torch.load(args.resume, map_location="cpu", weights_only=False)
         cfg = OcrConfig.from_dict(state["config"])
@@ -189,7 +194,12 @@ def main():
     elif args.resume:
         aux_path = os.path.join(args.resume, "aux_head.pt")
         if os.path.exists(aux_path):
-            trainer.aux_head.load_state_dict(torch.load(aux_path, map_location="cpu"))
+            trainer.aux_head.load_state_dict({k: v.float() for k, v in torch.load(aux_path, map_location="cpu").items()})
+        summ = os.path.join(args.resume, "summary.json")
+        if os.path.exists(summ):  # totals so far (an exported folder carries no optimizer state)
+            with open(summ, encoding="utf-8") as f:
+                prev = json.load(f)
+            state_totals = (prev.get("pages_total", 0), prev.get("train_seconds_total", 0.0), prev.get("step", 0))
     for m in trainer.modules():
         if hasattr(m, "config") and hasattr(m.config, "_experts_implementation"):
             m.config._experts_implementation = args.experts
@@ -199,7 +209,8 @@ def main():
          "gpu": torch.cuda.get_device_name(dev) if is_cuda else "cpu"})
     net = trainer
     if ddp:
-        net = nn.parallel.DistributedDataParallel(trainer, device_ids=[dev.index], find_unused_parameters=True)
+        net = nn.parallel.DistributedDataParallel(trainer, device_ids=[dev.index] if is_cuda else None,
+                                                  find_unused_parameters=True)
 
     decay, no_decay = [], []
     for n, p in trainer.named_parameters():
@@ -208,7 +219,7 @@ def main():
         (decay if p.dim() >= 2 and "pos" not in n and "embed" not in n else no_decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95), eps=1e-8, fused=is_cuda)
-    pages_before, seconds_before, step0 = 0, 0.0, 0
+    pages_before, seconds_before, step0 = state_totals
     if state is not None:
         if "opt" in state:
             try:
@@ -258,7 +269,7 @@ def main():
         trainer.train()
         return res
 
-    def save(final: bool) -> None:
+    def save(final: bool, summary_rec: dict | None = None) -> None:
         if rank != 0:
             return
         ck = {"config": cfg.to_dict(), "trainer": trainer.state_dict(), "opt": opt.state_dict(), "step": step,
@@ -268,16 +279,21 @@ def main():
         os.replace(tmp, os.path.join(args.state, "ckpt.pt"))
         # bf16 export in ≤ 14 MiB parts (official names) + the aux head: what comes back from the GPU machine.
         exp = os.path.join(args.state, "export")
-        os.makedirs(exp, exist_ok=True)
-        for fn in os.listdir(exp):
-            os.remove(os.path.join(exp, fn))
-        model.save_pretrained(exp, dtype=torch.bfloat16, max_shard_bytes=14 * 2**20,
+        tmp_exp = exp + ".tmp"
+        shutil.rmtree(tmp_exp, ignore_errors=True)
+        model.save_pretrained(tmp_exp, dtype=torch.bfloat16, max_shard_bytes=14 * 2**20,
                               metadata={"pages_seen": str(pages_before + pages), "step": str(step)})
         torch.save({k: v.to(torch.bfloat16) for k, v in trainer.aux_head.state_dict().items()},
-                   os.path.join(exp, "aux_head.pt"))
+                   os.path.join(tmp_exp, "aux_head.pt"))
+        if final and summary_rec is not None:
+            with open(os.path.join(tmp_exp, "summary.json"), "w", encoding="utf-8") as f:
+                json.dump(summary_rec, f, indent=1, ensure_ascii=False)
+        shutil.rmtree(exp, ignore_errors=True)
+        os.replace(tmp_exp, exp)
         log({"event": "checkpoint", "final": final, "step": step, "pages": pages_before + pages})
 
     # ---------------------------------------------------------------- loop
+    pages_local = 0
     step, pages, t_last_log, t_last_eval, t_last_ckpt = step0, 0, time.time(), time.time(), time.time()
     wait_s, comp_s, loss_acc, aux_acc, n_acc, shuf = 0.0, 0.0, 0.0, 0.0, 0, 0
     trainer.train()
@@ -304,7 +320,7 @@ def main():
         aux_idx = batch["aux"].to(dev, non_blocking=True)
         q = imgs.shape[-1] // D.CELL_PX
         ids, mask, labels = build_inputs(tg, q * (q + 1) + 1, prompt_ids, image_id, eos)
-        lr = lr_at(step, (args.sched_offset + elapsed) / sched_total, args)
+        lr = lr_at(step - step0, (args.sched_offset + elapsed) / sched_total, args)
         for g in opt.param_groups:
             g["lr"] = lr
         with torch.autocast(dev.type, dtype=torch.bfloat16):
@@ -316,7 +332,8 @@ def main():
         gn = torch.nn.utils.clip_grad_norm_(trainer.parameters(), 1.0)
         opt.step()
         step += 1
-        pages += imgs.shape[0] * world
+        pages_local += imgs.shape[0]
+        pages = pages_local * world
         shuf += batch["shuffled"]
         loss_acc += float(ce.detach())
         aux_acc += float(al.detach())
@@ -339,19 +356,23 @@ def main():
             t_last_ckpt = time.time()
 
     train_seconds = time.time() - t_start
+    if ddp:  # exact page count over all ranks (the running figure assumed equal batches)
+        cnt = torch.tensor([float(pages_local)], device=dev)
+        dist.all_reduce(cnt)
+        pages = int(cnt.item())
     if rank == 0:
         tf = evaluate_tf()
         log({"event": "eval", "step": step, "pages": pages_before + pages, "elapsed": round(train_seconds, 1), "tf": tf})
-        save(True)
+        save(False)
         trainer.eval()
+        t_g = time.time()
         greedy = E.greedy_precision(model, evalset, tok, prompt_ids, image_id, eos, dev, pixels)
         summary = {"event": "summary", "step": step, "pages_run": pages, "pages_total": pages_before + pages,
                    "train_seconds_run": round(train_seconds, 1),
                    "train_seconds_total": round(seconds_before + train_seconds, 1),
-                   "tf": tf, "greedy": greedy}
+                   "greedy_seconds": round(time.time() - t_g, 1), "tf": tf, "greedy": greedy}
         log(summary)
-        with open(os.path.join(args.state, "export", "summary.json"), "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=1, ensure_ascii=False)
+        save(True, summary)
     if ddp:
         dist.barrier()
         dist.destroy_process_group()
