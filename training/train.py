@@ -200,10 +200,24 @@ def main():
             with open(summ, encoding="utf-8") as f:
                 prev = json.load(f)
             state_totals = (prev.get("pages_total", 0), prev.get("train_seconds_total", 0.0), prev.get("step", 0))
-    for m in trainer.modules():
-        if hasattr(m, "config") and hasattr(m.config, "_experts_implementation"):
-            m.config._experts_implementation = args.experts
+    def set_experts(impl: str) -> None:
+        for m in trainer.modules():
+            if hasattr(m, "config") and hasattr(m.config, "_experts_implementation"):
+                m.config._experts_implementation = impl
+
+    set_experts(args.experts)
     trainer.to(dev)
+    if args.experts == "grouped_mm":  # pre-flight: grouped_mm with fp32 master weights under bf16 autocast
+        try:
+            q = 8
+            ids, mask, labels = build_inputs(torch.full((2, 8), 100, device=dev), q * (q + 1) + 1, prompt_ids, image_id, eos)
+            with torch.autocast(dev.type, dtype=torch.bfloat16):
+                ce, _ = trainer(ids, pixels(torch.full((2, 512, 512), 200, dtype=torch.uint8, device=dev)), mask, labels)
+            ce.backward()
+        except (RuntimeError, NotImplementedError) as e:
+            print(f"grouped_mm experts failed under autocast ({e}); using eager experts", flush=True)
+            set_experts("eager")
+        trainer.zero_grad(set_to_none=True)
     n_params = model.num_parameters()
     log({"event": "start", "params": n_params, "world": world, "device": str(dev),
          "gpu": torch.cuda.get_device_name(dev) if is_cuda else "cpu"})
@@ -303,7 +317,8 @@ def main():
     t_loop = time.time()
     while True:
         elapsed = time.time() - t_start
-        stop = elapsed >= args.seconds or (args.steps and step - step0 >= args.steps)
+        stop = (elapsed >= args.seconds or (args.steps and step - step0 >= args.steps)
+                or (step % 10 == 0 and os.path.exists(os.path.join(args.state, "STOP"))))  # early stop on request
         if ddp:
             flag = torch.tensor([1.0 if stop else 0.0], device=dev)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -335,14 +350,14 @@ def main():
         pages_local += imgs.shape[0]
         pages = pages_local * world
         shuf += batch["shuffled"]
-        loss_acc += float(ce.detach())
-        aux_acc += float(al.detach())
+        loss_acc = loss_acc + ce.detach()  # stays on the device: no host sync per step
+        aux_acc = aux_acc + al.detach()
         n_acc += 1
         comp_s += time.time() - t1
         now = time.time()
         if rank == 0 and now - t_last_log >= 20:
             log({"event": "train", "step": step, "pages": pages_before + pages, "elapsed": round(now - t_start, 1),
-                 "loss": round(loss_acc / n_acc, 4), "aux": round(aux_acc / n_acc, 3), "lr": round(lr, 6),
+                 "loss": round(float(loss_acc) / n_acc, 4), "aux": round(float(aux_acc) / n_acc, 3), "lr": round(lr, 6),
                  "gnorm": round(float(gn), 3), "pages_per_s": round(pages / (now - t_loop), 1),
                  "data_wait": round(wait_s / max(1e-9, wait_s + comp_s), 3), "max_chars": batch["max_chars"],
                  "tier": tier, "mem_gib": round(torch.cuda.max_memory_allocated(dev) / 2**30, 2) if is_cuda else 0})

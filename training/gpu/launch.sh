@@ -15,7 +15,7 @@ fi
 if [ -d "$REPO/.gpu/resume" ] && [ ! -f "$S/ckpt.pt" ]; then RESUME="--resume $REPO/.gpu/resume"; else RESUME=""; fi
 if [ -f "$S/ckpt.pt" ]; then RESUME="--resume $S/ckpt.pt"; fi
 nvidia-smi --query-gpu=name,memory.used,memory.total,utilization.gpu --format=csv,noheader
-NGPU=$(python3 -c 'import torch; print(torch.cuda.device_count())')
+NGPU=${NGPU:-$(python3 -c "import torch; print(torch.cuda.device_count())")}
 echo "GPUs: $NGPU; cores: $(nproc); resume: ${RESUME:-none}"
 W="$S/w"
 ARGS=(--ref "$W/ref" --config "$W/training/model_config.json" --tokenizer "$W/tokenizer.json" --aux-chars "$W/aux_chars.txt"
