@@ -54,7 +54,7 @@ SOURCES = [
     ("linuxcnc-gcode-zh", "train", "linuxcnc-doc-zh-cn", ["usr/share/doc/linuxcnc/gcode_zh_CN.html"], "html"),
     ("fortunes-zh", "train", "fortunes-zh", ["usr/share/games/fortunes/chinese", "usr/share/games/fortunes/tang300", "usr/share/games/fortunes/song100"], "fortune"),
     # held out (whole sources)
-    ("debian-history-en", "heldout", "debian-history", ["usr/share/doc/debian-history/docs/*.html"], "html"),
+    ("debian-history-en", "heldout", "debian-history", ["usr/share/doc/debian-history/docs/*.en.html"], "html"),
     ("harden-doc-en", "heldout", "harden-doc", ["usr/share/doc/harden-doc/html/en-US/*.html"], "html"),
     ("debian-edu-doc-en", "heldout", "debian-edu-doc-en", ["usr/share/doc/debian-edu-doc-en/debian-edu-bookworm-manual.html"], "html"),
     ("harden-doc-zh", "heldout", "harden-doc", ["usr/share/doc/harden-doc/html/zh-CN/*.html"], "html"),

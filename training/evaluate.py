@@ -169,3 +169,73 @@ def greedy_precision(model, es: EvalSet, tok, prompt_ids, image_id, eos, dev, pi
         out[tier] = {"all": round(sum(allp) / max(1, len(allp)), 4), "n": len(allp),
                      **{k: round(sum(v) / len(v), 4) for k, v in per_bucket.items()}, "sample": sample}
     return out
+
+
+def main() -> None:
+    """Evaluate an exported model folder (config.json, tokenizer.json, model.safetensors) on held-out pages."""
+    import argparse
+    import json
+    import os
+    import sys
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--heldout", required=True)
+    ap.add_argument("--renderer", required=True)
+    ap.add_argument("--ref", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools", "reference"))
+    ap.add_argument("--tf-pages", type=int, default=32)
+    ap.add_argument("--per-bucket", type=int, default=6)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    sys.path.insert(0, os.path.abspath(args.ref))
+    from optimem_ref import DeepseekOCR
+    from tokenizers import Tokenizer
+
+    dev = torch.device(args.device)
+    if dev.type == "cuda":
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    model = DeepseekOCR.from_pretrained(args.model, device=dev, dtype=torch.float32).eval()
+    tok = Tokenizer.from_file(os.path.join(args.model, "tokenizer.json"))
+    image_id, eos = tok.token_to_id("<image>"), model.config.decoder.eos_token_id
+    prompt_ids = tok.encode("\nFree OCR.", add_special_tokens=False).ids
+
+    def pixels(u8):
+        return u8.float().div(127.5).sub(1.0).unsqueeze(1).expand(-1, 3, -1, -1)
+
+    es = EvalSet.build(args.heldout, args.renderer, tok, args.tf_pages, args.per_bucket)
+    tf = {}
+    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16):
+        for tier, pages in es.tf.items():
+            imgs, tg = stack_pages(pages, dev)
+            q = D.TIER_PX[tier] // D.CELL_PX
+            n = q * (q + 1) + 1
+            b = tg.shape[0]
+            head = torch.tensor([0] + [image_id] * n + prompt_ids, device=dev).expand(b, -1)
+            ids = torch.cat([head, torch.where(tg == -100, torch.full_like(tg, eos), tg)], 1)
+            labels = torch.cat([torch.full_like(head, -100), tg], 1)
+            mask = torch.zeros_like(ids, dtype=torch.bool)
+            mask[:, 1:1 + n] = True
+            real = model(ids, pixel_values=pixels(imgs), images_seq_mask=mask, labels=labels, return_logits=False).loss
+            blank = model(ids, pixel_values=pixels(torch.full_like(imgs, 255)), images_seq_mask=mask, labels=labels,
+                          return_logits=False).loss
+            tf[tier] = {"real": round(float(real), 4), "blank": round(float(blank), 4), "gap": round(float(blank - real), 4)}
+    greedy = greedy_precision(model, es, tok, prompt_ids, image_id, eos, dev, pixels)
+    print(json.dumps({"model": args.model, "tf": tf, "greedy": greedy,
+                      "unrelated_text_baseline": unrelated_baseline(es)}, ensure_ascii=False, indent=1))
+
+
+def unrelated_baseline(es: EvalSet) -> dict:
+    """Precision of a DIFFERENT held-out page's text of the same bucket: what text that ignores the page scores."""
+    pages = next(iter(es.greedy.values()), [])
+    per: dict[str, list[float]] = {}
+    for i, (b, header, _) in enumerate(pages):
+        same = [p for j, p in enumerate(pages) if p[0] == b and j != i]
+        if same:
+            other = same[i % len(same)][1]["visible_text"]
+            per.setdefault(bucket_name(b), []).append(precision(other, header["visible_text"]))
+    allp = [x for v in per.values() for x in v]
+    return {"all": round(sum(allp) / max(1, len(allp)), 4), **{k: round(sum(v) / len(v), 4) for k, v in per.items()}}
+
+
+if __name__ == "__main__":
+    main()
