@@ -46,6 +46,8 @@ def parse_args():
     ap.add_argument("--renderer", required=True)
     ap.add_argument("--state", required=True, help="folder for checkpoints and logs")
     ap.add_argument("--resume", default="", help="full checkpoint (.pt) or exported model folder")
+    ap.add_argument("--resume-aux", default="", help="auxiliary head (.pt) when --resume is a model folder without one")
+    ap.add_argument("--resume-summary", default="", help="summary.json with the totals so far (pages, seconds, steps)")
     ap.add_argument("--run-id", default="run")
     ap.add_argument("--seconds", type=float, default=480, help="training time (excluding final evaluation)")
     ap.add_argument("--sched-seconds", type=float, default=0, help="length of the LR/curriculum schedule (0 = --seconds)")
@@ -192,10 +194,10 @@ def main():
     if state is not None:
         trainer.load_state_dict(state["trainer"])
     elif args.resume:
-        aux_path = os.path.join(args.resume, "aux_head.pt")
+        aux_path = args.resume_aux or os.path.join(args.resume, "aux_head.pt")
         if os.path.exists(aux_path):
             trainer.aux_head.load_state_dict({k: v.float() for k, v in torch.load(aux_path, map_location="cpu").items()})
-        summ = os.path.join(args.resume, "summary.json")
+        summ = args.resume_summary or os.path.join(args.resume, "summary.json")
         if os.path.exists(summ):  # totals so far (an exported folder carries no optimizer state)
             with open(summ, encoding="utf-8") as f:
                 prev = json.load(f)
