@@ -114,7 +114,13 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(memory_service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.await;
+            // Probes see the server draining while in-flight requests finish.
+            health
+                .set_not_serving::<MemoryServer<MemoryService>>()
+                .await;
+        })
         .await?;
     // The router (and every service clone) is gone; wait for blocking work still running.
     let _ = done.recv().await;
