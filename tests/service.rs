@@ -140,6 +140,20 @@ fn recall_req(scope: Option<pb::Scope>, by: By, mode: pb::RecallMode) -> pb::Rec
     }
 }
 
+/// The code a Remember fails with.
+async fn remember_code(
+    c: &mut MemoryClient<Channel>,
+    scope: Option<pb::Scope>,
+    messages: Vec<pb::Message>,
+) -> Code {
+    code(c.remember(remember_req(scope, messages)).await)
+}
+
+/// The code an EXACT Recall fails with.
+async fn recall_code(c: &mut MemoryClient<Channel>, scope: Option<pb::Scope>, by: By) -> Code {
+    code(c.recall(recall_req(scope, by, pb::RecallMode::Exact)).await)
+}
+
 fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> Code {
     r.expect_err("the call must fail").code()
 }
@@ -325,85 +339,50 @@ async fn each_error_has_its_code() {
     let s = scope("bob", "");
 
     // Bad scopes, missing fields, malformed ids: INVALID_ARGUMENT.
+    let x = || vec![msg("user", "x")];
+    let invalid = Code::InvalidArgument;
+    assert_eq!(remember_code(&mut c, None, x()).await, invalid);
     assert_eq!(
-        code(c.remember(remember_req(None, vec![msg("user", "x")])).await),
-        Code::InvalidArgument
-    );
-    let empty = Some(pb::Scope::default());
-    assert_eq!(
-        code(
-            c.remember(remember_req(empty, vec![msg("user", "x")]))
-                .await
-        ),
-        Code::InvalidArgument
-    );
-    let long = scope(&"u".repeat(300), "");
-    assert_eq!(
-        code(c.remember(remember_req(long, vec![msg("user", "x")])).await),
-        Code::InvalidArgument
+        remember_code(&mut c, Some(pb::Scope::default()), x()).await,
+        invalid
     );
     assert_eq!(
-        code(c.remember(remember_req(s.clone(), vec![])).await),
-        Code::InvalidArgument
+        remember_code(&mut c, scope(&"u".repeat(300), ""), x()).await,
+        invalid
     );
+    assert_eq!(remember_code(&mut c, s.clone(), vec![]).await, invalid);
     assert_eq!(
-        code(
-            c.remember(remember_req(s.clone(), vec![msg("", "x")]))
-                .await
-        ),
-        Code::InvalidArgument
+        remember_code(&mut c, s.clone(), vec![msg("", "x")]).await,
+        invalid
     );
     let no_selector = pb::RecallRequest {
         scope: s.clone(),
         ..Default::default()
     };
-    assert_eq!(code(c.recall(no_selector).await), Code::InvalidArgument);
+    assert_eq!(code(c.recall(no_selector).await), invalid);
     let bad_id = By::MemoryIds(pb::MemoryIds {
         ids: vec!["not-a-uuid".into()],
     });
-    assert_eq!(
-        code(
-            c.recall(recall_req(s.clone(), bad_id, pb::RecallMode::Exact))
-                .await
-        ),
-        Code::InvalidArgument
-    );
+    assert_eq!(recall_code(&mut c, s.clone(), bad_id).await, invalid);
     let stream_exact = recall_req(s.clone(), By::LastPages(1), pb::RecallMode::Exact);
-    assert_eq!(
-        code(c.recall_stream(stream_exact).await),
-        Code::InvalidArgument
-    );
+    assert_eq!(code(c.recall_stream(stream_exact).await), invalid);
 
     // Configured limits: RESOURCE_EXHAUSTED; over the message-size limit, tonic's OUT_OF_RANGE.
-    let four = vec![
-        msg("user", "a"),
-        msg("user", "b"),
-        msg("user", "c"),
-        msg("user", "d"),
-    ];
-    assert_eq!(
-        code(c.remember(remember_req(s.clone(), four)).await),
-        Code::ResourceExhausted
-    );
-    let big = msg("user", &"y ".repeat(200));
-    assert_eq!(
-        code(c.remember(remember_req(s.clone(), vec![big])).await),
-        Code::ResourceExhausted
-    );
+    let exhausted = Code::ResourceExhausted;
+    let four = ["a", "b", "c", "d"].map(|t| msg("user", t)).to_vec();
+    assert_eq!(remember_code(&mut c, s.clone(), four).await, exhausted);
+    let big = vec![msg("user", &"y ".repeat(200))];
+    assert_eq!(remember_code(&mut c, s.clone(), big).await, exhausted);
     let total = vec![msg("user", &"z ".repeat(140)); 2];
+    assert_eq!(remember_code(&mut c, s.clone(), total).await, exhausted);
+    let huge = vec![msg("user", &"w ".repeat(10_000))];
     assert_eq!(
-        code(c.remember(remember_req(s.clone(), total)).await),
-        Code::ResourceExhausted
-    );
-    let huge = msg("user", &"w ".repeat(10_000));
-    assert_eq!(
-        code(c.remember(remember_req(s.clone(), vec![huge])).await),
+        remember_code(&mut c, s.clone(), huge).await,
         Code::OutOfRange
     );
-    let too_many_pages = recall_req(s.clone(), By::LastPages(5), pb::RecallMode::Exact);
     assert_eq!(
-        code(c.recall(too_many_pages).await),
-        Code::ResourceExhausted
+        recall_code(&mut c, s.clone(), By::LastPages(5)).await,
+        exhausted
     );
 
     // Unknown ids: NOT_FOUND. Nothing above was stored.
@@ -459,13 +438,9 @@ async fn each_error_has_its_code() {
     while f.engine.queued() == 0 {
         tokio::task::yield_now().await;
     }
-    let busy = c
-        .remember(remember_req(
-            scope("carol", ""),
-            vec![msg("user", "no room")],
-        ))
-        .await;
-    assert_eq!(code(busy), Code::ResourceExhausted);
+    let no_room = vec![msg("user", "no room")];
+    let busy = remember_code(&mut c, scope("carol", ""), no_room).await;
+    assert_eq!(busy, Code::ResourceExhausted);
     drop(pause);
     waiting
         .await
@@ -493,15 +468,9 @@ async fn bearer_token_is_required_when_configured() {
         }
         req
     };
-    assert_eq!(code(c.stats(with(None)).await), Code::Unauthenticated);
-    assert_eq!(
-        code(c.stats(with(Some("s3cre"))).await),
-        Code::Unauthenticated
-    );
-    assert_eq!(
-        code(c.stats(with(Some("s3cret!"))).await),
-        Code::Unauthenticated
-    );
+    for bad in [None, Some("s3cre"), Some("s3cret!"), Some("")] {
+        assert_eq!(code(c.stats(with(bad)).await), Code::Unauthenticated);
+    }
     c.stats(with(Some("s3cret")))
         .await
         .expect("the right token passes");
