@@ -8,6 +8,7 @@
 //! - [`model`]: DeepSeek-OCR in candle (DeepEncoder, MoE decoder, generation, tokenizer), loading the official checkpoint layout.
 //! - [`engine`]: the model's worker thread behind a bounded queue (encode, decode with streaming and cancel, count).
 //! - [`memory`]: Remember / Recall / Age / Forget / Stats over the renderer, the engine and the store.
+//! - [`service`]: the gRPC service `optimem.v1.Memory` over [`memory`], with health, reflection and bearer-token auth.
 //! - [`bench_encoder`], [`bench_decoder`]: full-size random-weight benchmarks behind `optimem bench encoder|decoder`.
 
 pub mod bench_decoder;
@@ -16,3 +17,4 @@ pub mod engine;
 pub mod input;
 pub mod memory;
 pub mod model;
+pub mod service;

@@ -31,6 +31,10 @@ enum Command {
     /// Benchmarks (ratios against a reference run side by side).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Serve optimem.v1.Memory over gRPC (with health and reflection) until Ctrl-C / SIGTERM.
+    Serve(cli::serve::ServeArgs),
+    #[command(flatten)]
+    Client(cli::client::ClientCommand),
 }
 
 #[derive(Args)]
@@ -167,6 +171,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             repeat,
             no_pillow,
         }) => cli::bench::render(pages, repeat, !no_pillow),
+        Command::Serve(a) => cli::serve::serve(a),
+        Command::Client(c) => cli::client::run(c),
     }
 }
 

@@ -1,0 +1,124 @@
+//! `optimem serve`: loads the model and the store, then serves `optimem.v1.Memory` (with health and reflection) until
+//! Ctrl-C or SIGTERM, finishing in-flight requests and flushing the store before exiting.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use optimem::engine::{DEFAULT_QUEUE, Engine, EngineConfig};
+use optimem::memory::{Limits, Memory, MemoryConfig};
+use optimem::service::{AuthToken, ServerConfig};
+use optimem_store::{OpenOptions, SledStore};
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    addr: SocketAddr,
+    /// The store's directory (created if missing).
+    #[arg(long, default_value = "./optimem-data")]
+    data: PathBuf,
+    /// Model directory (config.json, tokenizer.json, *.safetensors).
+    #[arg(long, env = "OPTIMEM_MODEL", default_value = "models/optimem-tiny")]
+    model: PathBuf,
+    /// File holding the bearer token clients must send; without it the service is open to anyone who can connect.
+    #[arg(long)]
+    auth_token_file: Option<PathBuf>,
+    /// Largest request message accepted, in bytes.
+    #[arg(long, default_value_t = ServerConfig::default().max_message_bytes)]
+    max_message_bytes: usize,
+    /// Most messages in one Remember.
+    #[arg(long, default_value_t = Limits::default().max_messages)]
+    max_messages: usize,
+    /// Most content bytes in one Remember.
+    #[arg(long, default_value_t = Limits::default().max_total_bytes)]
+    max_request_text_bytes: usize,
+    /// Most pages one Recall returns.
+    #[arg(long, default_value_t = Limits::default().max_recall_pages)]
+    max_recall_pages: usize,
+    /// Model jobs that may wait while one runs; beyond it requests get RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = DEFAULT_QUEUE)]
+    queue: usize,
+}
+
+pub fn serve(a: ServeArgs) -> Result<()> {
+    let auth_token = match &a.auth_token_file {
+        Some(f) => {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("reading the token file {}", f.display()))?;
+            Some(AuthToken::new(&text).with_context(|| format!("{} is blank", f.display()))?)
+        }
+        None => None,
+    };
+    let (device, dtype) = super::ocr::device()?;
+    let engine = Engine::load(&a.model, &device, dtype, EngineConfig { queue: a.queue })
+        .with_context(|| format!("loading the model in {}", a.model.display()))?;
+    let store = SledStore::open(&a.data, OpenOptions::new(engine.model_id()))
+        .with_context(|| format!("opening the store in {}", a.data.display()))?;
+    let cfg = MemoryConfig {
+        limits: Limits {
+            max_messages: a.max_messages,
+            max_total_bytes: a.max_request_text_bytes,
+            max_message_bytes: Limits::default()
+                .max_message_bytes
+                .min(a.max_request_text_bytes),
+            max_recall_pages: a.max_recall_pages,
+        },
+        ..MemoryConfig::default()
+    };
+    let memory = Arc::new(Memory::new(Arc::new(store), Arc::new(engine), cfg)?);
+    let config = ServerConfig {
+        max_message_bytes: a.max_message_bytes,
+        auth_token,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(a.addr)
+            .await
+            .with_context(|| format!("binding {}", a.addr))?;
+        eprintln!(
+            "optimem: serving optimem.v1.Memory on {} (model {}, data {}{})",
+            listener.local_addr()?,
+            memory.engine().model_id(),
+            a.data.display(),
+            if config.auth_token.is_some() {
+                ", bearer token required"
+            } else {
+                ""
+            }
+        );
+        optimem::service::run(listener, memory, config, shutdown_signal()).await?;
+        eprintln!("optimem: stopped, store flushed");
+        anyhow::Ok(())
+    })
+}
+
+/// Completes on Ctrl-C or, on Unix, SIGTERM (what service managers and `docker stop` send).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            // No Ctrl-C handler could be installed: wait for SIGTERM alone.
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    eprintln!("optimem: shutting down: finishing in-flight requests");
+}
