@@ -12,6 +12,9 @@ const WIDTH: u32 = 900;
 const HEIGHT: u32 = 560;
 const FAMILY: &str = "optimem-sans";
 
+/// Points of one curve: (compression ×, precision %).
+type Series = Vec<(f64, f64)>;
+
 fn plot_err(e: impl std::fmt::Display) -> FoxError {
     FoxError::Plot(e.to_string())
 }
@@ -78,7 +81,7 @@ pub fn plot_png(report: &FoxReport) -> Result<Vec<u8>, FoxError> {
             .label_style((FAMILY, 14))
             .draw()
             .map_err(plot_err)?;
-        let paper: [(&str, Tier, Vec<(f64, f64)>); 2] = [
+        let paper: [(&str, Tier, Series); 2] = [
             (
                 "paper, 64 tokens",
                 Tier::Tiny,
