@@ -29,13 +29,29 @@ pub fn bucket_of(tokens: usize) -> Option<usize> {
         .position(|&(lo, hi)| (lo..hi).contains(&tokens))
 }
 
-/// One word of the corpus and what precedes it.
+/// What joins a word to the one before it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Sep {
+    /// A blank line: the word opens a paragraph.
+    Para,
+    Space,
+    /// Nothing: a CJK character inside an unspaced run (Chinese pages are cut character by character).
+    None,
+}
+
+/// One word of the corpus (or one character of CJK text) and what precedes it.
 #[derive(Clone, Debug)]
 struct Word {
     text: String,
-    /// The word opens a paragraph (it is joined with a blank line instead of a space).
-    para: bool,
+    sep: Sep,
     doc: usize,
+}
+
+/// Han, kana, Hangul and CJK punctuation: scripts written without spaces between words.
+fn is_cjk(c: char) -> bool {
+    matches!(c as u32,
+        0x3000..=0x303F | 0x3040..=0x30FF | 0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xAC00..=0xD7AF | 0xF900..=0xFAFF
+        | 0xFF00..=0xFFEF | 0x20000..=0x2FA1F)
 }
 
 /// The prose pages are cut from: every document's paragraphs (hard-wrapped lines re-joined), as one word stream.
@@ -83,19 +99,34 @@ impl Corpus {
         }
         let mut words = Vec::new();
         for (doc, text) in texts.iter().enumerate() {
-            let mut para = true;
+            let mut sep = Sep::Para;
             for line in text.lines() {
                 if line.trim().is_empty() {
-                    para = true;
+                    sep = Sep::Para;
                     continue;
                 }
                 for w in line.split_whitespace() {
-                    words.push(Word {
-                        text: w.to_owned(),
-                        para,
-                        doc,
-                    });
-                    para = false;
+                    if w.chars().any(is_cjk) {
+                        // Each character is a unit; the first keeps the separator before the run.
+                        for (i, c) in w.chars().enumerate() {
+                            words.push(Word {
+                                text: c.to_string(),
+                                sep: if i == 0 { sep } else { Sep::None },
+                                doc,
+                            });
+                        }
+                    } else {
+                        words.push(Word {
+                            text: w.to_owned(),
+                            sep,
+                            doc,
+                        });
+                    }
+                    sep = Sep::Space;
+                }
+                // A hard-wrapped CJK line continues without a space; Latin lines are re-joined with one.
+                if line.trim_end().chars().last().is_some_and(is_cjk) {
+                    sep = Sep::None;
                 }
             }
         }
@@ -122,7 +153,11 @@ impl Corpus {
         let mut s = String::new();
         for (i, w) in self.words[start..end].iter().enumerate() {
             if i > 0 {
-                s.push_str(if w.para { "\n\n" } else { " " });
+                s.push_str(match w.sep {
+                    Sep::Para => "\n\n",
+                    Sep::Space => " ",
+                    Sep::None => "",
+                });
             }
             s.push_str(&w.text);
         }
@@ -202,8 +237,8 @@ fn cut(
     start: usize,
     target: usize,
 ) -> Result<Option<(usize, usize)>, FoxError> {
-    // A token is at least one character and words average well over one token's worth, so `target` words suffice.
-    let max_end = (start + target * 2).min(corpus.words.len());
+    // An English word or a CJK character is rarely under half a token, so 4·target units always reach the target.
+    let max_end = (start + target * 4).min(corpus.words.len());
     if max_end <= start || tok.count(&corpus.text(start, max_end))? < target {
         return Ok(None);
     }
@@ -256,6 +291,23 @@ pub fn fit_one_page(text: &str, base: &LayoutConfig) -> Result<(f32, Page), FoxE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chinese_text_is_cut_by_character_and_rejoined_unspaced() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            tmp.path().join("zh.txt"),
+            "光学压缩记忆。\n第二行\n\nNew para, here.",
+        )
+        .expect("write");
+        let c = Corpus::load(Some(tmp.path())).expect("corpus");
+        assert_eq!(c.words.len(), 7 + 3 + 3);
+        assert_eq!(
+            c.text(0, c.words.len()),
+            "光学压缩记忆。第二行\n\nNew para, here."
+        );
+        assert_eq!(c.text(2, 4), "压缩");
+    }
 
     #[test]
     fn buckets_cover_600_to_1300() {
