@@ -127,6 +127,20 @@ struct OcrArgs {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// DeepEncoder pages/s and peak memory with official-size random weights on this machine's device.
+    Encoder {
+        #[arg(long, default_value = "base")]
+        mode: Mode,
+        #[arg(long, default_value_t = 3)]
+        iters: usize,
+    },
+    /// MoE decoder prefill time and batch-1 decode tokens/s with official-size random weights; KV-cache bytes per 1,000 tokens.
+    Decoder {
+        #[arg(long, default_value_t = 1000)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 64)]
+        decode_tokens: usize,
+    },
     /// Raster pages/s per core at each tier, against Pillow drawing the same lines.
     Render {
         #[arg(long, default_value_t = 20)]
@@ -178,6 +192,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cli::render::render_stream(a.tier, layout, a.all_pages)
         }
         Command::Ocr(a) => cli::ocr::ocr(&a.image, &a.model, a.mode, &a.prompt, a.max_new_tokens),
+        Command::Bench(BenchCommand::Encoder { mode, iters }) => {
+            anyhow::ensure!(iters > 0, "--iters must be at least 1");
+            println!("{}", optimem::bench_encoder::bench_encoder(mode, iters)?);
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Decoder {
+            prompt_tokens,
+            decode_tokens,
+        }) => {
+            anyhow::ensure!(
+                prompt_tokens > 0 && decode_tokens > 0,
+                "--prompt-tokens and --decode-tokens must be at least 1"
+            );
+            let (device, dtype) = cli::ocr::device()?;
+            let mut opts = optimem::bench_decoder::DecoderBenchOptions::official(dtype, device)?;
+            opts.prompt_tokens = prompt_tokens;
+            opts.decode_tokens = decode_tokens;
+            print!("{}", optimem::bench_decoder::run(&opts)?);
+            Ok(())
+        }
         Command::Bench(BenchCommand::Render {
             pages,
             repeat,

@@ -102,7 +102,7 @@ fn clip8(v: i64) -> u8 {
 }
 
 /// Resizes one 8-bit plane (`width` × `height`, row-major) to `out_w` × `out_h`, exactly as Pillow's `Image.resize` does for an
-/// `L` image (or for each band of an `RGB` image).
+/// `L` image.
 pub fn resize_plane(
     src: &[u8],
     width: usize,
@@ -111,11 +111,27 @@ pub fn resize_plane(
     out_h: usize,
     filter: Filter,
 ) -> Vec<u8> {
-    debug_assert_eq!(src.len(), width * height);
+    resize_interleaved(src, width, height, 1, out_w, out_h, filter)
+}
+
+/// Resizes an 8-bit image of `channels` interleaved bands (1 for `L`, 3 for `RGB`), exactly as Pillow's `Image.resize` does:
+/// every band goes through the same fixed-point passes.
+pub fn resize_interleaved(
+    src: &[u8],
+    width: usize,
+    height: usize,
+    channels: usize,
+    out_w: usize,
+    out_h: usize,
+    filter: Filter,
+) -> Vec<u8> {
+    let c = channels;
+    debug_assert_eq!(src.len(), width * height * c);
     let horizontal = out_w != width;
     let vertical = out_h != height;
     let cv = coeffs(height, out_h, filter);
-    let (mut plane, mut pw, mut ph, mut row0) = (src.to_vec(), width, height, 0usize);
+    let (mut plane, mut row0) = (src.to_vec(), 0usize);
+    let mut pw = width;
     if horizontal {
         let ch = coeffs(width, out_w, filter);
         // Only the rows the vertical pass will read are resampled, as Pillow does.
@@ -126,33 +142,37 @@ pub fn resize_plane(
         } else {
             (0, height)
         };
-        let mut tmp = vec![0u8; out_w * (last - first)];
+        let mut tmp = vec![0u8; out_w * c * (last - first)];
         for y in first..last {
-            let row = &src[y * width..][..width];
+            let row = &src[y * width * c..][..width * c];
+            let out_row = &mut tmp[(y - first) * out_w * c..][..out_w * c];
             for (xx, &(xmin, n)) in ch.bounds.iter().enumerate() {
                 let k = &ch.weights[xx * ch.ksize..][..n];
-                let mut ss: i64 = 1 << (PRECISION_BITS - 1);
-                for (x, &w) in k.iter().enumerate() {
-                    ss += i64::from(row[xmin + x]) * i64::from(w);
+                for band in 0..c {
+                    let mut ss: i64 = 1 << (PRECISION_BITS - 1);
+                    for (x, &w) in k.iter().enumerate() {
+                        ss += i64::from(row[(xmin + x) * c + band]) * i64::from(w);
+                    }
+                    out_row[xx * c + band] = clip8(ss);
                 }
-                tmp[(y - first) * out_w + xx] = clip8(ss);
             }
         }
-        (plane, pw, ph, row0) = (tmp, out_w, last - first, first);
+        (plane, pw, row0) = (tmp, out_w, first);
     }
     if !vertical {
         return plane;
     }
-    let _ = ph;
-    let mut out = vec![0u8; pw * out_h];
+    let stride = pw * c;
+    let mut out = vec![0u8; stride * out_h];
     for (yy, &(ymin, n)) in cv.bounds.iter().enumerate() {
         let k = &cv.weights[yy * cv.ksize..][..n];
-        for xx in 0..pw {
+        let out_row = &mut out[yy * stride..][..stride];
+        for (i, o) in out_row.iter_mut().enumerate() {
             let mut ss: i64 = 1 << (PRECISION_BITS - 1);
             for (y, &w) in k.iter().enumerate() {
-                ss += i64::from(plane[(ymin - row0 + y) * pw + xx]) * i64::from(w);
+                ss += i64::from(plane[(ymin - row0 + y) * stride + i]) * i64::from(w);
             }
-            out[yy * pw + xx] = clip8(ss);
+            *o = clip8(ss);
         }
     }
     out
@@ -191,6 +211,38 @@ pub fn downsample(page: &GrayImage, tier: Tier) -> Result<GrayImage, crate::Rend
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn coefficients_are_normalised_fixed_point() {
+        for (i, o) in [(900, 640), (700, 512), (100, 1280), (1500, 1920)] {
+            let co = coeffs(i, o, Filter::Bicubic);
+            for (xx, &(_, n)) in co.bounds.iter().enumerate() {
+                let sum: i64 = co.weights[xx * co.ksize..][..n]
+                    .iter()
+                    .map(|&k| i64::from(k))
+                    .sum();
+                assert!(
+                    (sum - (1 << PRECISION_BITS)).abs() <= n as i64,
+                    "{i}->{o} at {xx}: {sum}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn interleaved_bands_resize_like_separate_planes() {
+        let (w, h) = (23, 17);
+        let rgb: Vec<u8> = (0..w * h * 3)
+            .map(|i| ((i * 37 + (i * i) % 251) % 256) as u8)
+            .collect();
+        let out = resize_interleaved(&rgb, w, h, 3, 9, 30, Filter::Bicubic);
+        for band in 0..3 {
+            let plane: Vec<u8> = rgb.iter().skip(band).step_by(3).copied().collect();
+            let want = resize_plane(&plane, w, h, 9, 30, Filter::Bicubic);
+            let got: Vec<u8> = out.iter().skip(band).step_by(3).copied().collect();
+            assert_eq!(got, want, "band {band}");
+        }
+    }
 
     #[test]
     fn identity_size_is_a_copy() {

@@ -1,0 +1,276 @@
+"""Training pages: corpus text → our renderer (`optimem render-stream`) → batches for train.py.
+
+Where it fits: train.py's data pipeline. Each DataLoader worker owns one renderer process (interfaces.md §3)
+and yields whole batches of one tier: page pixels (u8), the target token ids of the page's visible text, and
+the auxiliary targets (which character classes have a glyph centre inside each vision token's 64-px cell).
+Workers keep several requests in flight so the renderer and the Python side run at the same time.
+
+The text recipe follows training-notes.md: half the pages carry word-shuffled text (the language prior cannot
+help), a length curriculum (short pages first), plain text and chat layout, English and Chinese sources.
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import json
+import math
+import os
+import queue
+import random
+import re
+import struct
+import subprocess
+import threading
+import time
+
+import numpy as np
+import torch
+
+PARA_SEP = "\u2028"
+CJK_RUN = r"\u3400-\u9fff\uf900-\ufaff\u3000-\u303f\uff00-\uffef"
+PIECE = re.compile(rf"[{CJK_RUN}]{{1,3}}|[^\s{CJK_RUN}]+")
+IS_CJK = re.compile(rf"[{CJK_RUN}]")
+
+TIER_PX = {"tiny": 512, "small": 640, "base": 1024}
+CELL_PX = 64  # every tier: S / q(S) = 512/8 = 640/10 = 1024/16
+ROLES = ["user", "assistant", "assistant", "tool", "system"]
+NAMES = [None, None, None, "planner", "coder", "reviewer", "shell"]
+
+
+class Corpus:
+    """Paragraphs per source, sampled by language then by source size."""
+
+    def __init__(self, directory: str, zh_share: float = 0.35):
+        self.sources: dict[str, list[str]] = {}
+        for fp in sorted(glob.glob(os.path.join(directory, "*.txt"))):
+            with open(fp, encoding="utf-8") as f:
+                paras = [ln.rstrip("\n").replace(PARA_SEP, "\n") for ln in f if ln.strip()]
+            if paras:
+                self.sources[os.path.basename(fp)[:-4]] = paras
+        self.zh = [s for s in self.sources if s.endswith("-zh")]
+        self.en = [s for s in self.sources if not s.endswith("-zh")]
+        self.zh_share = zh_share if self.zh else 0.0
+
+    def _pick_source(self, rng: random.Random) -> list[str]:
+        group = self.zh if (self.zh and (not self.en or rng.random() < self.zh_share)) else self.en
+        weights = [len(self.sources[s]) for s in group]
+        return self.sources[rng.choices(group, weights)[0]]
+
+    def paragraphs(self, rng: random.Random, n_chars: int) -> list[str]:
+        """Consecutive paragraphs from a random place in one source, about n_chars in all."""
+        paras = self._pick_source(rng)
+        i = rng.randrange(len(paras))
+        out, total = [], 0
+        while total < n_chars and i < len(paras):
+            out.append(paras[i])
+            total += len(paras[i]) + 1
+            i += 1
+        return out
+
+
+def shuffle_words(text: str, rng: random.Random) -> str:
+    """Word-shuffle one paragraph: Latin words and 1–3-character CJK chunks, in random order."""
+    pieces = PIECE.findall(text)
+    rng.shuffle(pieces)
+    out = []
+    for p in pieces:
+        if out and not (IS_CJK.match(p[0]) or IS_CJK.match(out[-1][-1])):
+            out.append(" ")
+        out.append(p)
+    return "".join(out)
+
+
+def make_request(corpus: Corpus, rng: random.Random, max_chars: int, tier: str, shuffle: bool,
+                 chat_share: float = 0.25) -> dict:
+    """One render-stream request line: text (or chat turns), tier and font size."""
+    lo = 30
+    n_chars = int(math.exp(rng.uniform(math.log(lo), math.log(max(lo + 1, max_chars)))))
+    # Font size in logical units on the 1024 canvas (default 17 ≈ a Fox page). Large type for short texts.
+    fs_hi = 44.0 if n_chars < 600 else 30.0
+    font_size = round(rng.uniform(17.0, fs_hi) if rng.random() < 0.8 else rng.uniform(13.0, 17.0), 1)
+    paras = corpus.paragraphs(rng, n_chars)
+    if shuffle:
+        paras = [shuffle_words(p, rng) for p in paras]
+    req: dict = {"tier": tier, "font_size": font_size}
+    if rng.random() < chat_share and len(paras) >= 1:
+        turns, i = [], 0
+        while i < len(paras):
+            k = rng.randint(1, 3)
+            turns.append({"role": rng.choice(ROLES), "content": "\n".join(paras[i:i + k]), "name": rng.choice(NAMES)})
+            i += k
+        req["turns"] = turns
+    else:
+        text = "\n".join(paras)
+        if len(text) > n_chars * 1.5:
+            text = text[: int(n_chars * 1.5)]
+        req["text"] = text
+    return req
+
+
+class RenderStream:
+    """One `optimem render-stream` process; requests are written by a thread, pages read in order."""
+
+    def __init__(self, binary: str, tier: str = "small"):
+        self.proc = subprocess.Popen([binary, "render-stream", "--tier", tier], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, bufsize=1 << 20)
+        self.pending: collections.deque = collections.deque()
+        self.lock = threading.Lock()
+        # A writer thread: the renderer may block writing a page while we write requests, so never write inline.
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.writer = threading.Thread(target=self._write, daemon=True)
+        self.writer.start()
+
+    def _write(self) -> None:
+        while True:
+            line = self.queue.get()
+            if line is None:
+                break
+            try:
+                self.proc.stdin.write(line)
+                self.proc.stdin.flush()
+            except (BrokenPipeError, ValueError):
+                break
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+
+    def submit(self, req: dict, meta=None) -> None:
+        with self.lock:
+            self.pending.append(meta)
+        self.queue.put((json.dumps(req, ensure_ascii=False) + "\n").encode())
+
+    def _read(self, n: int) -> bytes:
+        buf = self.proc.stdout.read(n)
+        if buf is None or len(buf) != n:
+            raise RuntimeError(f"renderer closed its output (exit {self.proc.poll()})")
+        return buf
+
+    def receive(self):
+        (hlen,) = struct.unpack("<I", self._read(4))
+        header = json.loads(self._read(hlen))
+        w, h = header["width"], header["height"]
+        pixels = np.frombuffer(self._read(w * h), dtype=np.uint8).reshape(h, w) if w * h else None
+        with self.lock:
+            meta = self.pending.popleft()
+        return header, pixels, meta
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.writer.join(timeout=10)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class CharClasses:
+    """Characters → auxiliary-loss classes: the most frequent characters, then hashed buckets for the rest."""
+
+    def __init__(self, chars: str, buckets: int):
+        self.index = {c: i for i, c in enumerate(chars)}
+        self.top = len(chars)
+        self.buckets = buckets
+        self.n = self.top + buckets
+
+    def __call__(self, ch: str) -> int:
+        i = self.index.get(ch)
+        return i if i is not None else self.top + (ord(ch) * 2654435761 % (1 << 32)) % self.buckets
+
+
+def aux_targets(header: dict, classes: CharClasses) -> np.ndarray:
+    """Flat indices cell * n_classes + class for every glyph centre on the page (unique)."""
+    text = header["visible_text"]
+    q = header["width"] // CELL_PX
+    by_offset, off = {}, 0
+    for ch in text:
+        by_offset[off] = ch
+        off += len(ch.encode("utf-8"))
+    out = set()
+    for g in header["glyphs"]:
+        ch = by_offset.get(int(g[0]))
+        if ch is None or ch.isspace():
+            continue
+        cx = min(q - 1, max(0, int(g[1] // CELL_PX)))
+        cy = min(q - 1, max(0, int(g[2] // CELL_PX)))
+        out.add((cy * q + cx) * classes.n + classes(ch))
+    return np.fromiter(sorted(out), dtype=np.int64, count=len(out))
+
+
+def target_text(header: dict) -> str:
+    return header["visible_text"]
+
+
+class PageBatches(torch.utils.data.IterableDataset):
+    """Endless batches of one tier each, made by this worker's own renderer process."""
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.cfg = cfg
+
+    def __iter__(self):
+        from tokenizers import Tokenizer
+
+        cfg = self.cfg
+        info = torch.utils.data.get_worker_info()
+        wid = info.id if info is not None else 0
+        rank = cfg.get("rank", 0)
+        rng = random.Random(cfg["seed"] * 1000003 + rank * 1009 + wid)
+        corpus = Corpus(cfg["corpus"], cfg.get("zh_share", 0.35))
+        tok = Tokenizer.from_file(cfg["tokenizer"])
+        classes = CharClasses(cfg["aux_chars"], cfg["aux_buckets"])
+        eos = cfg["eos_id"]
+        rs = RenderStream(cfg["renderer"])
+        t0, total = cfg["t0"], cfg["total_s"]
+        tiers, tier_w = zip(*cfg["tiers"].items())
+        inflight = cfg.get("inflight", 6)
+
+        def max_chars_now() -> int:
+            frac = min(1.0, max(0.0, (time.time() - t0) / (total * cfg["curriculum"]))) if cfg["curriculum"] > 0 else 1.0
+            return int(cfg["min_max_chars"] + frac * (cfg["max_chars"] - cfg["min_max_chars"]))
+
+        try:
+            while True:
+                tier = rng.choices(tiers, tier_w)[0]
+                bs = cfg["batch"][tier]
+                mc = max_chars_now()
+                imgs, ids, auxs, nshuf, sent = [], [], [], 0, 0
+                while len(imgs) < bs:
+                    while sent < inflight and len(imgs) + sent < bs:
+                        sh = rng.random() < cfg["shuffle_share"]
+                        rs.submit(make_request(corpus, rng, mc, tier, sh), sh)
+                        sent += 1
+                    header, pix, shuffle = rs.receive()
+                    sent -= 1
+                    if pix is None or not header["visible_text"].strip():
+                        continue
+                    t = tok.encode(target_text(header), add_special_tokens=False).ids[: cfg["max_target_tokens"] - 1]
+                    imgs.append(pix)
+                    ids.append(t + [eos])
+                    auxs.append(aux_targets(header, classes))
+                    nshuf += int(bool(shuffle))
+                L = max(len(t) for t in ids)
+                tgt = torch.full((bs, L), -100, dtype=torch.long)
+                for i, t in enumerate(ids):
+                    tgt[i, : len(t)] = torch.tensor(t)
+                K = max(1, max(len(a) for a in auxs))
+                aux = torch.full((bs, K), -1, dtype=torch.long)
+                for i, a in enumerate(auxs):
+                    aux[i, : len(a)] = torch.from_numpy(a)
+                yield {"tier": tier, "images": torch.from_numpy(np.stack(imgs)), "targets": tgt, "aux": aux,
+                       "shuffled": nshuf, "max_chars": mc}
+        finally:
+            rs.close()
+
+
+def render_fixed(binary: str, requests: list[dict]) -> list[tuple[dict, np.ndarray]]:
+    """Render a fixed list of requests (evaluation pages) with one renderer process."""
+    rs = RenderStream(binary)
+    out = []
+    for r in requests:
+        rs.submit(r)
+        header, pix, _ = rs.receive()
+        out.append((header, pix))
+    rs.close()
+    return out

@@ -1,0 +1,241 @@
+"""Held-out evaluation for train.py (and export checks): teacher-forced real vs blank loss, greedy precision by bucket.
+
+Where it fits: called by train.py during and at the end of each run; `python evaluate.py --model DIR ...` evaluates an
+exported model folder on its own. Pages come from the held-out sources (whole packages never trained on), rendered by
+our renderer. Precision = 1 − Levenshtein(pred, truth) / max(len) over Unicode scalars after collapsing whitespace
+(DESIGN.md §6), at 64 (Tiny 512) and 100 (Small 640) vision tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+
+import numpy as np
+import torch
+
+import data as D
+
+BUCKETS = [(0, 300), (300, 700), (700, 1200), (1200, 2000), (2000, 10**9)]
+FULL_PAGE_CHARS_AT_17 = 4800  # English prose on one page at the default font size 17 (measured by the renderer's density)
+
+
+def bucket_name(b) -> str:
+    lo, hi = b
+    return f"{lo}+" if hi >= 10**9 else f"{lo}-{hi}"
+
+
+def collapse(s: str) -> str:
+    return re.sub(r"\s+", " ", s).strip()
+
+
+def levenshtein(a: str, b: str) -> int:
+    """Edit distance, one numpy row per character of a (the in-row insertion chain via a running minimum)."""
+    if not a:
+        return len(b)
+    if not b:
+        return len(a)
+    bb = np.array([ord(c) for c in b], dtype=np.int64)
+    idx = np.arange(len(b) + 1, dtype=np.int64)
+    prev = idx.copy()
+    for i, ca in enumerate(a, 1):
+        sub = prev[:-1] + (bb != ord(ca))
+        row = np.empty_like(prev)
+        row[0] = i
+        row[1:] = np.minimum(prev[1:] + 1, sub)
+        row = np.minimum.accumulate(row - idx) + idx
+        prev = row
+    return int(prev[-1])
+
+
+def precision(pred: str, truth: str) -> float:
+    p, t = collapse(pred), collapse(truth)
+    m = max(len(p), len(t))
+    return 1.0 if m == 0 else 1.0 - levenshtein(p, t) / m
+
+
+class EvalSet:
+    """tf: {tier: [(header, pixels, target ids)]}; greedy: {tier: [(bucket, header, pixels)]}."""
+
+    def __init__(self):
+        self.tf: dict[str, list] = {}
+        self.greedy: dict[str, list] = {}
+
+    @classmethod
+    def build(cls, heldout_dir: str, renderer: str, tok, n_tf: int, per_bucket: int, seed: int = 12345,
+              tiers=("tiny", "small"), max_target_tokens: int = 1024) -> "EvalSet":
+        rng = random.Random(seed)
+        corpus = D.Corpus(heldout_dir, zh_share=0.3)
+        es = cls()
+        # teacher-forced pages: medium lengths, plain text, not shuffled; identical requests at each tier
+        reqs = []
+        for _ in range(n_tf):
+            n = int(math.exp(rng.uniform(math.log(200), math.log(2500))))
+            fs = round(rng.uniform(17, 30), 1)
+            reqs.append({"text": "\n".join(corpus.paragraphs(rng, n))[: int(n * 1.2)], "font_size": fs})
+        for tier in tiers:
+            rendered = D.render_fixed(renderer, [dict(r, tier=tier) for r in reqs])
+            es.tf[tier] = []
+            for header, pix in rendered:
+                if pix is None or not header["visible_text"].strip():
+                    continue
+                ids = tok.encode(header["visible_text"], add_special_tokens=False).ids[: max_target_tokens - 1] + [1]
+                es.tf[tier].append((header, pix, ids))
+        # greedy pages: per_bucket pages in each length bucket (visible characters)
+        chosen: dict[tuple, list[dict]] = {b: [] for b in BUCKETS}
+        tries = 0
+        while any(len(v) < per_bucket for v in chosen.values()) and tries < 40 * per_bucket * len(BUCKETS):
+            tries += 1
+            b = min(chosen, key=lambda k: len(chosen[k]))
+            lo, hi = b
+            hi_eff = min(hi, 4500)
+            n = rng.randint(max(lo, 60), hi_eff)
+            fs_max = 17.0 * math.sqrt(FULL_PAGE_CHARS_AT_17 / (1.3 * hi_eff))
+            fs = round(rng.uniform(15.0 if lo >= 2000 else 17.0, max(17.0, min(40.0, fs_max))), 1)
+            req = {"text": "\n".join(corpus.paragraphs(rng, n))[:n], "font_size": fs, "tier": "small"}
+            header, pix = D.render_fixed(renderer, [req])[0]
+            vis = len(header.get("visible_text", "")) if pix is not None else 0
+            for bb in BUCKETS:
+                if bb[0] <= vis < bb[1] and len(chosen[bb]) < per_bucket and vis > 0:
+                    chosen[bb].append(req)
+        for tier in tiers:
+            es.greedy[tier] = []
+            for b, reqs_b in chosen.items():
+                rendered = D.render_fixed(renderer, [dict(r, tier=tier) for r in reqs_b])
+                for header, pix in rendered:
+                    es.greedy[tier].append((b, header, pix))
+        return es
+
+
+def stack_pages(pages, dev):
+    imgs = torch.from_numpy(np.stack([p[1] for p in pages])).to(dev)
+    L = max(len(p[2]) for p in pages)
+    tg = torch.full((len(pages), L), -100, dtype=torch.long)
+    for i, p in enumerate(pages):
+        tg[i, : len(p[2])] = torch.tensor(p[2])
+    return imgs, tg.to(dev)
+
+
+@torch.no_grad()
+def greedy_decode(model, imgs_u8, n_img, prompt_ids, image_id, eos, max_new, pixels_fn, dev):
+    """Batched greedy decoding with the KV cache (plain argmax; EOS ends a row)."""
+    b = imgs_u8.shape[0]
+    head = torch.tensor([0] + [image_id] * n_img + prompt_ids, device=dev).expand(b, -1).contiguous()
+    mask = torch.zeros_like(head, dtype=torch.bool)
+    mask[:, 1:1 + n_img] = True
+    with torch.autocast(dev.type, dtype=torch.bfloat16):
+        out = model(head, pixel_values=pixels_fn(imgs_u8), images_seq_mask=mask, use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        nxt = out.logits[:, -1].argmax(-1)
+        done = torch.zeros(b, dtype=torch.bool, device=dev)
+        gen = []
+        for _ in range(max_new):
+            gen.append(nxt)
+            done |= nxt == eos
+            if bool(done.all()):
+                break
+            out = model(nxt[:, None], past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            nxt = out.logits[:, -1].argmax(-1)
+    ids = torch.stack(gen, 1).tolist()
+    res = []
+    for row in ids:
+        res.append(row[: row.index(eos)] if eos in row else row)
+    return res
+
+
+def greedy_precision(model, es: EvalSet, tok, prompt_ids, image_id, eos, dev, pixels_fn, batch: int = 32) -> dict:
+    """{tier: {"all": p, "<bucket>": p, ..., "sample": (truth, pred) of one mid-length page}}."""
+    model.eval()
+    out = {}
+    for tier, pages in es.greedy.items():
+        q = D.TIER_PX[tier] // D.CELL_PX
+        per_bucket: dict[str, list[float]] = {}
+        sample = None
+        for i in range(0, len(pages), batch):
+            chunk = pages[i: i + batch]
+            imgs = torch.from_numpy(np.stack([p[2] for p in chunk])).to(dev)
+            truths = [p[1]["visible_text"] for p in chunk]
+            max_new = min(1100, max(len(tok.encode(t, add_special_tokens=False).ids) for t in truths) + 16)
+            preds = greedy_decode(model, imgs, q * (q + 1) + 1, prompt_ids, image_id, eos, max_new, pixels_fn, dev)
+            for (b, header, _), pred_ids, truth in zip(chunk, preds, truths):
+                pred = tok.decode(pred_ids, skip_special_tokens=False)
+                p = precision(pred, truth)
+                per_bucket.setdefault(bucket_name(b), []).append(p)
+                if sample is None and b == BUCKETS[1]:
+                    sample = {"truth": truth[:300], "pred": pred[:300]}
+        allp = [x for v in per_bucket.values() for x in v]
+        out[tier] = {"all": round(sum(allp) / max(1, len(allp)), 4), "n": len(allp),
+                     **{k: round(sum(v) / len(v), 4) for k, v in per_bucket.items()}, "sample": sample}
+    return out
+
+
+def main() -> None:
+    """Evaluate an exported model folder (config.json, tokenizer.json, model.safetensors) on held-out pages."""
+    import argparse
+    import json
+    import os
+    import sys
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--heldout", required=True)
+    ap.add_argument("--renderer", required=True)
+    ap.add_argument("--ref", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools", "reference"))
+    ap.add_argument("--tf-pages", type=int, default=32)
+    ap.add_argument("--per-bucket", type=int, default=6)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    sys.path.insert(0, os.path.abspath(args.ref))
+    from optimem_ref import DeepseekOCR
+    from tokenizers import Tokenizer
+
+    dev = torch.device(args.device)
+    if dev.type == "cuda":
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    model = DeepseekOCR.from_pretrained(args.model, device=dev, dtype=torch.float32).eval()
+    tok = Tokenizer.from_file(os.path.join(args.model, "tokenizer.json"))
+    image_id, eos = tok.token_to_id("<image>"), model.config.decoder.eos_token_id
+    prompt_ids = tok.encode("\nFree OCR.", add_special_tokens=False).ids
+
+    def pixels(u8):
+        return u8.float().div(127.5).sub(1.0).unsqueeze(1).expand(-1, 3, -1, -1)
+
+    es = EvalSet.build(args.heldout, args.renderer, tok, args.tf_pages, args.per_bucket)
+    tf = {}
+    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16):
+        for tier, pages in es.tf.items():
+            imgs, tg = stack_pages(pages, dev)
+            q = D.TIER_PX[tier] // D.CELL_PX
+            n = q * (q + 1) + 1
+            b = tg.shape[0]
+            head = torch.tensor([0] + [image_id] * n + prompt_ids, device=dev).expand(b, -1)
+            ids = torch.cat([head, torch.where(tg == -100, torch.full_like(tg, eos), tg)], 1)
+            labels = torch.cat([torch.full_like(head, -100), tg], 1)
+            mask = torch.zeros_like(ids, dtype=torch.bool)
+            mask[:, 1:1 + n] = True
+            real = model(ids, pixel_values=pixels(imgs), images_seq_mask=mask, labels=labels, return_logits=False).loss
+            blank = model(ids, pixel_values=pixels(torch.full_like(imgs, 255)), images_seq_mask=mask, labels=labels,
+                          return_logits=False).loss
+            tf[tier] = {"real": round(float(real), 4), "blank": round(float(blank), 4), "gap": round(float(blank - real), 4)}
+    greedy = greedy_precision(model, es, tok, prompt_ids, image_id, eos, dev, pixels)
+    print(json.dumps({"model": args.model, "tf": tf, "greedy": greedy,
+                      "unrelated_text_baseline": unrelated_baseline(es)}, ensure_ascii=False, indent=1))
+
+
+def unrelated_baseline(es: EvalSet) -> dict:
+    """Precision of a DIFFERENT held-out page's text of the same bucket: what text that ignores the page scores."""
+    pages = next(iter(es.greedy.values()), [])
+    per: dict[str, list[float]] = {}
+    for i, (b, header, _) in enumerate(pages):
+        same = [p for j, p in enumerate(pages) if p[0] == b and j != i]
+        if same:
+            other = same[i % len(same)][1]["visible_text"]
+            per.setdefault(bucket_name(b), []).append(precision(other, header["visible_text"]))
+    allp = [x for v in per.values() for x in v]
+    return {"all": round(sum(allp) / max(1, len(allp)), 4), **{k: round(sum(v) / len(v), 4) for k, v in per.items()}}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs ON THE GPU MACHINE from the repository root (the device tool's working copy), with `.gpu/` carried.
+# Unpacks the staged inputs into a state folder outside the repo (kept while the machine stays warm), then starts
+# training in its own process session so it outlives this call; watch.sh follows it in later calls.
+# Usage: bash .gpu/launch.sh RUN_ID SECONDS [extra train.py args...]
+set -euo pipefail
+REPO=$(pwd)
+S=${OSTATE:-/root/ostate}
+RUN=$1; SECS=$2; shift 2
+mkdir -p "$S/w"
+if [ ! -f "$S/w/ready" ]; then
+  (cd "$S/w" && tar xJf "$REPO/.gpu/corpus.tar.xz" && xz -dc "$REPO/.gpu/optimem.xz" > optimem && chmod +x optimem \
+     && cp -r "$REPO/.gpu/training" "$REPO/.gpu/ref" "$REPO/.gpu/tokenizer.json" "$REPO/.gpu/aux_chars.txt" . && touch ready)
+fi
+if [ -d "$REPO/.gpu/resume" ] && [ ! -f "$S/ckpt.pt" ]; then RESUME="--resume $REPO/.gpu/resume"; else RESUME=""; fi
+if [ -f "$S/ckpt.pt" ]; then RESUME="--resume $S/ckpt.pt"; fi
+nvidia-smi --query-gpu=name,memory.used,memory.total,utilization.gpu --format=csv,noheader
+NGPU=${NGPU:-$(python3 -c "import torch; print(torch.cuda.device_count())")}
+echo "GPUs: $NGPU; cores: $(nproc); resume: ${RESUME:-none}"
+W="$S/w"
+ARGS=(--ref "$W/ref" --config "$W/training/model_config.json" --tokenizer "$W/tokenizer.json" --aux-chars "$W/aux_chars.txt"
+      --corpus "$W/corpus/train" --heldout "$W/corpus/heldout" --renderer "$W/optimem" --state "$S" --run-id "$RUN"
+      --seconds "$SECS" $RESUME "$@")
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+if [ "$NGPU" -gt 1 ]; then
+  setsid nohup torchrun --standalone --nproc_per_node="$NGPU" "$W/training/train.py" "${ARGS[@]}" > "$S/train-$RUN.out" 2>&1 < /dev/null &
+else
+  setsid nohup python3 "$W/training/train.py" "${ARGS[@]}" > "$S/train-$RUN.out" 2>&1 < /dev/null &
+fi
+echo $! > "$S/pid"
+echo "launched $RUN (pid $(cat "$S/pid")) for $SECS s"

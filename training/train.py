@@ -1,0 +1,400 @@
+"""Train the bundled optimem-tiny model (DeepSeek-OCR architecture at a small config) on pages from our renderer.
+
+Where it fits: training/README.md step 3, run on the GPU machine (torchrun for several GPUs). The architecture is
+the reference package `tools/reference/optimem_ref` (one definition, official tensor names); this file adds only
+what training needs: the auxiliary per-vision-token head (not exported), the loop, evaluation and checkpoints.
+
+Recipe (training-notes.md, run 2/3): half the pages word-shuffled, auxiliary BCE on which character classes have a
+glyph centre in each vision token's cell, length curriculum, bf16 autocast, AdamW, time-based schedule. Every
+`--eval-every` seconds: teacher-forced held-out loss on real vs blank pages. At the end: greedy precision by bucket
+at 64 (Tiny) and 100 (Small) vision tokens, a checkpoint, and a JSON summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import data as D  # noqa: E402
+import evaluate as E  # noqa: E402
+
+PROMPT_AFTER_IMAGE = "\nFree OCR."  # spec §5.3/§5.4: "<image>\nFree OCR.", BOS prepended, split at <image>
+
+
+def parse_args():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ref", default=os.path.join(HERE, "..", "tools", "reference"), help="folder holding optimem_ref")
+    ap.add_argument("--config", default=os.path.join(HERE, "model_config.json"))
+    ap.add_argument("--tokenizer", required=True)
+    ap.add_argument("--aux-chars", required=True)
+    ap.add_argument("--corpus", required=True, help="train split folder")
+    ap.add_argument("--heldout", required=True, help="held-out split folder")
+    ap.add_argument("--renderer", required=True)
+    ap.add_argument("--state", required=True, help="folder for checkpoints and logs")
+    ap.add_argument("--resume", default="", help="full checkpoint (.pt) or exported model folder")
+    ap.add_argument("--resume-aux", default="", help="auxiliary head (.pt) when --resume is a model folder without one")
+    ap.add_argument("--resume-summary", default="", help="summary.json with the totals so far (pages, seconds, steps)")
+    ap.add_argument("--run-id", default="run")
+    ap.add_argument("--seconds", type=float, default=480, help="training time (excluding final evaluation)")
+    ap.add_argument("--sched-seconds", type=float, default=0, help="length of the LR/curriculum schedule (0 = --seconds)")
+    ap.add_argument("--sched-offset", type=float, default=0, help="seconds of the schedule already done (resume)")
+    ap.add_argument("--lr", type=float, default=1.5e-3)
+    ap.add_argument("--min-lr-frac", type=float, default=0.1)
+    ap.add_argument("--warmup", type=int, default=150)
+    ap.add_argument("--wd", type=float, default=0.05)
+    ap.add_argument("--aux-weight", type=float, default=0.02)
+    ap.add_argument("--aux-buckets", type=int, default=256)
+    ap.add_argument("--workers", type=int, default=12)
+    ap.add_argument("--batch-tiny", type=int, default=64)
+    ap.add_argument("--batch-small", type=int, default=64)
+    ap.add_argument("--batch-base", type=int, default=24)
+    ap.add_argument("--tiers", default="tiny:0.45,small:0.45,base:0.10")
+    ap.add_argument("--curriculum", type=float, default=0.35)
+    ap.add_argument("--min-max-chars", type=int, default=150)
+    ap.add_argument("--max-chars", type=int, default=3000)
+    ap.add_argument("--max-target-tokens", type=int, default=1024)
+    ap.add_argument("--shuffle-share", type=float, default=0.5)
+    ap.add_argument("--zh-share", type=float, default=0.3)
+    ap.add_argument("--eval-every", type=float, default=90)
+    ap.add_argument("--ckpt-every", type=float, default=150)
+    ap.add_argument("--eval-pages", type=int, default=32)
+    ap.add_argument("--greedy-per-bucket", type=int, default=6)
+    ap.add_argument("--experts", default="grouped_mm", choices=["grouped_mm", "eager"])
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=0, help="stop after this many steps (CPU tests)")
+    ap.add_argument("--device", default="cuda")
+    return ap.parse_args()
+
+
+class Trainer(nn.Module):
+    """The exported model plus the training-only auxiliary head over the projector outputs."""
+
+    def __init__(self, model: nn.Module, n_embed: int, n_classes: int):
+        super().__init__()
+        self.model = model
+        self.aux_head = nn.Linear(n_embed, n_classes)
+        nn.init.normal_(self.aux_head.weight, std=n_embed ** -0.5)
+        nn.init.constant_(self.aux_head.bias, -4.0)
+
+    def forward(self, input_ids, pixel_values, images_seq_mask, labels):
+        out = self.model(input_ids, pixel_values=pixel_values, images_seq_mask=images_seq_mask, labels=labels,
+                         return_logits=False)
+        return out.loss, self.aux_head(out.vision_tokens)
+
+
+def pixels(images_u8: torch.Tensor) -> torch.Tensor:
+    """u8 [B,S,S] grayscale → normalised [B,3,S,S] (spec §2.1: (x/255 − 0.5)/0.5, three equal channels)."""
+    x = images_u8.float().div_(127.5).sub_(1.0)
+    return x.unsqueeze(1).expand(-1, 3, -1, -1)
+
+
+def build_inputs(targets: torch.Tensor, n_img: int, prompt_ids: list[int], image_id: int, eos: int):
+    """[BOS] + N×<image> + prompt + target; labels = the target ids (and EOS), −100 elsewhere."""
+    b, L = targets.shape
+    dev = targets.device
+    head = torch.tensor([0] + [image_id] * n_img + prompt_ids, device=dev).expand(b, -1)
+    tgt_in = torch.where(targets == -100, torch.full_like(targets, eos), targets)
+    ids = torch.cat([head, tgt_in], 1)
+    labels = torch.cat([torch.full_like(head, -100), targets], 1)
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    mask[:, 1:1 + n_img] = True
+    return ids, mask, labels
+
+
+def aux_loss(logits: torch.Tensor, aux_idx: torch.Tensor) -> torch.Tensor:
+    """Multi-label BCE; targets given as flat indices cell*C+class (−1 padding). Sum over classes, mean over cells."""
+    b, cells, c = logits.shape
+    tgt = torch.zeros(b, cells * c, device=logits.device, dtype=torch.float32)
+    valid = aux_idx >= 0
+    tgt.scatter_(1, aux_idx.clamp(min=0), valid.float())
+    loss = F.binary_cross_entropy_with_logits(logits.float().reshape(b, -1), tgt, reduction="sum")
+    return loss / (b * cells)
+
+
+def lr_at(step: int, t_sched: float, args) -> float:
+    """Linear warm-up over this process's first --warmup steps, then cosine (by time) down to min_lr_frac."""
+    warm = min(1.0, (step + 1) / max(1, args.warmup))
+    frac = min(1.0, max(0.0, t_sched))
+    cos = args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac))
+    return args.lr * warm * cos
+
+
+def main():
+    args = parse_args()
+    sys.path.insert(0, os.path.abspath(args.ref))
+    from optimem_ref import DeepseekOCR, OcrConfig
+    from tokenizers import Tokenizer
+
+    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if ddp and args.device == "cuda":
+        dist.init_process_group("nccl")
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    elif ddp:
+        dist.init_process_group("gloo")  # CPU tests of the multi-process path
+    dev = torch.device(f"cuda:{int(os.environ['LOCAL_RANK'])}" if ddp and args.device == "cuda" else args.device)
+    is_cuda = dev.type == "cuda"
+    if is_cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.enable_cudnn_sdp(False)  # training-notes.md: cuDNN SDPA re-plans per key length
+    torch.manual_seed(args.seed + rank)
+    os.makedirs(args.state, exist_ok=True)
+    log_path = os.path.join(args.state, "log.jsonl")
+
+    def log(rec: dict) -> None:
+        if rank == 0:
+            rec = {"run": args.run_id, "t": round(time.time(), 1), **rec}
+            line = json.dumps(rec, ensure_ascii=False)
+            print(line, flush=True)
+            with open(log_path, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+
+    tok = Tokenizer.from_file(args.tokenizer)
+    image_id = tok.token_to_id("<image>")
+    eos = 1
+    prompt_ids = tok.encode(PROMPT_AFTER_IMAGE, add_special_tokens=False).ids
+    with open(args.aux_chars, encoding="utf-8") as f:
+        aux_chars = f.read()
+    classes = D.CharClasses(aux_chars, args.aux_buckets)
+
+    # ---------------------------------------------------------------- model
+    state = None
+    state_totals = (0, 0.0, 0)
+    if args.resume and args.resume.endswith(".pt"):
+        state = torch.load(args.resume, map_location="cpu", weights_only=False)
+        cfg = OcrConfig.from_dict(state["config"])
+        model = DeepseekOCR(cfg)
+        model._rebuild_buffers(torch.device("cpu"))
+    elif args.resume:
+        model = DeepseekOCR.from_pretrained(args.resume, dtype=torch.float32)
+        cfg = model.config
+    else:
+        with open(args.config, encoding="utf-8") as f:
+            cfg = OcrConfig.from_dict(json.load(f))
+        model = DeepseekOCR.from_config(cfg, seed=args.seed)
+    if cfg.decoder.vocab_size != tok.get_vocab_size():
+        raise SystemExit(f"vocab_size {cfg.decoder.vocab_size} != tokenizer {tok.get_vocab_size()}")
+    trainer = Trainer(model, cfg.n_embed, classes.n)
+    if state is not None:
+        trainer.load_state_dict(state["trainer"])
+    elif args.resume:
+        aux_path = args.resume_aux or os.path.join(args.resume, "aux_head.pt")
+        if os.path.exists(aux_path):
+            trainer.aux_head.load_state_dict({k: v.float() for k, v in torch.load(aux_path, map_location="cpu").items()})
+        summ = args.resume_summary or os.path.join(args.resume, "summary.json")
+        if os.path.exists(summ):  # totals so far (an exported folder carries no optimizer state)
+            with open(summ, encoding="utf-8") as f:
+                prev = json.load(f)
+            state_totals = (prev.get("pages_total", 0), prev.get("train_seconds_total", 0.0), prev.get("step", 0))
+    def set_experts(impl: str) -> None:
+        for m in trainer.modules():
+            if hasattr(m, "config") and hasattr(m.config, "_experts_implementation"):
+                m.config._experts_implementation = impl
+
+    set_experts(args.experts)
+    trainer.to(dev)
+    if args.experts == "grouped_mm":  # pre-flight: grouped_mm with fp32 master weights under bf16 autocast
+        try:
+            q = 8
+            ids, mask, labels = build_inputs(torch.full((2, 8), 100, device=dev), q * (q + 1) + 1, prompt_ids, image_id, eos)
+            with torch.autocast(dev.type, dtype=torch.bfloat16):
+                ce, _ = trainer(ids, pixels(torch.full((2, 512, 512), 200, dtype=torch.uint8, device=dev)), mask, labels)
+            ce.backward()
+        except (RuntimeError, NotImplementedError) as e:
+            print(f"grouped_mm experts failed under autocast ({e}); using eager experts", flush=True)
+            set_experts("eager")
+        trainer.zero_grad(set_to_none=True)
+    n_params = model.num_parameters()
+    log({"event": "start", "params": n_params, "world": world, "device": str(dev),
+         "gpu": torch.cuda.get_device_name(dev) if is_cuda else "cpu"})
+    net = trainer
+    if ddp:
+        net = nn.parallel.DistributedDataParallel(trainer, device_ids=[dev.index] if is_cuda else None,
+                                                  find_unused_parameters=True)
+
+    decay, no_decay = [], []
+    for n, p in trainer.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 and "pos" not in n and "embed" not in n else no_decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.95), eps=1e-8, fused=is_cuda)
+    pages_before, seconds_before, step0 = state_totals
+    if state is not None:
+        if "opt" in state:
+            try:
+                opt.load_state_dict(state["opt"])
+            except ValueError as e:
+                log({"event": "optimizer state not loaded", "why": str(e)})
+        pages_before = state.get("pages", 0)
+        seconds_before = state.get("train_seconds", 0.0)
+        step0 = state.get("step", 0)
+
+    # ---------------------------------------------------------------- data
+    sched_total = args.sched_seconds or args.seconds
+    t_start = time.time()
+    tiers = {k: float(v) for k, v in (x.split(":") for x in args.tiers.split(","))}
+    dcfg = {
+        "seed": args.seed + 7919 * (step0 + 1), "rank": rank, "corpus": args.corpus, "zh_share": args.zh_share,
+        "tokenizer": args.tokenizer, "aux_chars": aux_chars, "aux_buckets": args.aux_buckets, "eos_id": eos,
+        "renderer": args.renderer, "t0": t_start - args.sched_offset, "total_s": sched_total,
+        "tiers": tiers, "batch": {"tiny": args.batch_tiny, "small": args.batch_small, "base": args.batch_base},
+        "curriculum": args.curriculum, "min_max_chars": args.min_max_chars, "max_chars": args.max_chars,
+        "max_target_tokens": args.max_target_tokens, "shuffle_share": args.shuffle_share,
+    }
+    loader = torch.utils.data.DataLoader(
+        D.PageBatches(dcfg), batch_size=None, num_workers=args.workers, pin_memory=is_cuda,
+        prefetch_factor=4 if args.workers else None, persistent_workers=args.workers > 0,
+        multiprocessing_context="spawn" if args.workers else None)
+
+    evalset = None
+    if rank == 0:
+        evalset = E.EvalSet.build(args.heldout, args.renderer, tok, args.eval_pages, args.greedy_per_bucket, seed=12345)
+        log({"event": "evalset", "tf_pages": {k: len(v) for k, v in evalset.tf.items()},
+             "greedy_pages": {k: len(v) for k, v in evalset.greedy.items()}})
+
+    def evaluate_tf() -> dict:
+        trainer.eval()
+        res = {}
+        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=True):
+            for tier, pages in evalset.tf.items():
+                imgs, tg = E.stack_pages(pages, dev)
+                q = D.TIER_PX[tier] // D.CELL_PX
+                ids, mask, labels = build_inputs(tg, q * (q + 1) + 1, prompt_ids, image_id, eos)
+                real = model(ids, pixel_values=pixels(imgs), images_seq_mask=mask, labels=labels, return_logits=False).loss
+                blank = model(ids, pixel_values=pixels(torch.full_like(imgs, 255)), images_seq_mask=mask, labels=labels,
+                              return_logits=False).loss
+                res[tier] = {"real": round(float(real), 4), "blank": round(float(blank), 4),
+                             "gap": round(float(blank - real), 4)}
+        trainer.train()
+        return res
+
+    def save(final: bool, summary_rec: dict | None = None) -> None:
+        if rank != 0:
+            return
+        ck = {"config": cfg.to_dict(), "trainer": trainer.state_dict(), "opt": opt.state_dict(), "step": step,
+              "pages": pages_before + pages, "train_seconds": seconds_before + (time.time() - t_start)}
+        tmp = os.path.join(args.state, "ckpt.pt.tmp")
+        torch.save(ck, tmp)
+        os.replace(tmp, os.path.join(args.state, "ckpt.pt"))
+        # bf16 export in ≤ 14 MiB parts (official names) + the aux head: what comes back from the GPU machine.
+        exp = os.path.join(args.state, "export")
+        tmp_exp = exp + ".tmp"
+        shutil.rmtree(tmp_exp, ignore_errors=True)
+        model.save_pretrained(tmp_exp, dtype=torch.bfloat16, max_shard_bytes=14 * 2**20,
+                              metadata={"pages_seen": str(pages_before + pages), "step": str(step)})
+        torch.save({k: v.to(torch.bfloat16) for k, v in trainer.aux_head.state_dict().items()},
+                   os.path.join(tmp_exp, "aux_head.pt"))
+        if final and summary_rec is not None:
+            with open(os.path.join(tmp_exp, "summary.json"), "w", encoding="utf-8") as f:
+                json.dump(summary_rec, f, indent=1, ensure_ascii=False)
+        shutil.rmtree(exp, ignore_errors=True)
+        os.replace(tmp_exp, exp)
+        log({"event": "checkpoint", "final": final, "step": step, "pages": pages_before + pages})
+
+    # ---------------------------------------------------------------- loop
+    pages_local = 0
+    step, pages, t_last_log, t_last_eval, t_last_ckpt = step0, 0, time.time(), time.time(), time.time()
+    wait_s, comp_s, loss_acc, aux_acc, n_acc, shuf = 0.0, 0.0, 0.0, 0.0, 0, 0
+    trainer.train()
+    if rank == 0:
+        log({"event": "eval", "step": step, "pages": pages_before, "tf": evaluate_tf()})
+    it = iter(loader)
+    t_loop = time.time()
+    while True:
+        elapsed = time.time() - t_start
+        stop = (elapsed >= args.seconds or (args.steps and step - step0 >= args.steps)
+                or (step % 10 == 0 and os.path.exists(os.path.join(args.state, "STOP"))))  # early stop on request
+        if ddp:
+            flag = torch.tensor([1.0 if stop else 0.0], device=dev)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        if stop:
+            break
+        t0 = time.time()
+        batch = next(it)
+        t1 = time.time()
+        wait_s += t1 - t0
+        tier = batch["tier"]
+        imgs = batch["images"].to(dev, non_blocking=True)
+        tg = batch["targets"].to(dev, non_blocking=True)
+        aux_idx = batch["aux"].to(dev, non_blocking=True)
+        q = imgs.shape[-1] // D.CELL_PX
+        ids, mask, labels = build_inputs(tg, q * (q + 1) + 1, prompt_ids, image_id, eos)
+        lr = lr_at(step - step0, (args.sched_offset + elapsed) / sched_total, args)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
+            ce, aux_logits = net(ids, pixels(imgs), mask, labels)
+            al = aux_loss(aux_logits, aux_idx)
+            loss = ce + args.aux_weight * al
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(trainer.parameters(), 1.0)
+        opt.step()
+        step += 1
+        pages_local += imgs.shape[0]
+        pages = pages_local * world
+        shuf += batch["shuffled"]
+        loss_acc = loss_acc + ce.detach()  # stays on the device: no host sync per step
+        aux_acc = aux_acc + al.detach()
+        n_acc += 1
+        comp_s += time.time() - t1
+        now = time.time()
+        if rank == 0 and now - t_last_log >= 20:
+            log({"event": "train", "step": step, "pages": pages_before + pages, "elapsed": round(now - t_start, 1),
+                 "loss": round(float(loss_acc) / n_acc, 4), "aux": round(float(aux_acc) / n_acc, 3), "lr": round(lr, 6),
+                 "gnorm": round(float(gn), 3), "pages_per_s": round(pages / (now - t_loop), 1),
+                 "data_wait": round(wait_s / max(1e-9, wait_s + comp_s), 3), "max_chars": batch["max_chars"],
+                 "tier": tier, "mem_gib": round(torch.cuda.max_memory_allocated(dev) / 2**30, 2) if is_cuda else 0})
+            t_last_log, loss_acc, aux_acc, n_acc = now, 0.0, 0.0, 0
+        if rank == 0 and now - t_last_eval >= args.eval_every:
+            log({"event": "eval", "step": step, "pages": pages_before + pages, "elapsed": round(now - t_start, 1),
+                 "tf": evaluate_tf()})
+            t_last_eval = time.time()
+        if now - t_last_ckpt >= args.ckpt_every:
+            save(False)
+            t_last_ckpt = time.time()
+
+    train_seconds = time.time() - t_start
+    if ddp:  # exact page count over all ranks (the running figure assumed equal batches)
+        cnt = torch.tensor([float(pages_local)], device=dev)
+        dist.all_reduce(cnt)
+        pages = int(cnt.item())
+    if rank == 0:
+        tf = evaluate_tf()
+        log({"event": "eval", "step": step, "pages": pages_before + pages, "elapsed": round(train_seconds, 1), "tf": tf})
+        save(False)
+        trainer.eval()
+        t_g = time.time()
+        greedy = E.greedy_precision(model, evalset, tok, prompt_ids, image_id, eos, dev, pixels)
+        summary = {"event": "summary", "step": step, "pages_run": pages, "pages_total": pages_before + pages,
+                   "train_seconds_run": round(train_seconds, 1),
+                   "train_seconds_total": round(seconds_before + train_seconds, 1),
+                   "greedy_seconds": round(time.time() - t_g, 1), "tf": tf, "greedy": greedy}
+        log(summary)
+        save(True, summary)
+    if ddp:
+        dist.barrier()
+        dist.destroy_process_group()
+    os._exit(0)  # DataLoader workers and renderer processes go with us
+
+
+if __name__ == "__main__":
+    main()
