@@ -9,12 +9,17 @@
 //! - [`engine`]: the model's worker thread behind a bounded queue (encode, decode with streaming and cancel, count).
 //! - [`memory`]: Remember / Recall / Age / Forget / Stats over the renderer, the engine and the store.
 //! - [`service`]: the gRPC service `optimem.v1.Memory` over [`memory`], with health, reflection and bearer-token auth.
+//! - [`metrics`]: precision, word recall, text tokens and compression ratio, one definition everywhere (DESIGN.md §6).
+//! - [`fox`]: the Fox-style compression benchmark (`optimem bench fox`); [`compress`]: `optimem compress`.
 //! - [`bench_encoder`], [`bench_decoder`]: full-size random-weight benchmarks behind `optimem bench encoder|decoder`.
 
 pub mod bench_decoder;
 pub mod bench_encoder;
+pub mod compress;
 pub mod engine;
+pub mod fox;
 pub mod input;
 pub mod memory;
+pub mod metrics;
 pub mod model;
 pub mod service;

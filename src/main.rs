@@ -35,6 +35,37 @@ enum Command {
     Serve(cli::serve::ServeArgs),
     #[command(flatten)]
     Client(cli::client::ClientCommand),
+    /// Text or a chat log → pages at the tier policy's tiers, a manifest and a compression report (optionally verified by OCR).
+    Compress(CompressArgs),
+}
+
+#[derive(Args)]
+struct CompressArgs {
+    /// Input file, or - for stdin.
+    #[arg(long = "in", value_name = "FILE")]
+    input: PathBuf,
+    /// Treat the input as a chat log (JSON lines or a JSON array of {"role","content"}).
+    #[arg(long)]
+    chat: bool,
+    /// Recency rank → tier, newest first: tier:count bands, then the tier of every older page (the memory layer's TierPolicy).
+    #[arg(long, default_value = "base:2,small:8,tiny")]
+    policy: String,
+    /// Output directory for page-NNNN.png, manifest.json, report.json and report.md.
+    #[arg(long)]
+    out: PathBuf,
+    /// Model directory: its config gives the token width; --verify runs it.
+    #[arg(long, env = "OPTIMEM_MODEL", default_value = "models/optimem-tiny")]
+    model: PathBuf,
+    /// OCR every page at its tier and report precision per page and overall.
+    #[arg(long)]
+    verify: bool,
+    #[arg(long, default_value_t = 4096)]
+    max_new_tokens: usize,
+    /// tokenizer.json that counts text tokens (default: the DeepSeek-V3 one in assets/, else the model's).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    layout: LayoutArgs,
 }
 
 #[derive(Args)]
@@ -124,6 +155,25 @@ enum BenchCommand {
         #[arg(long)]
         no_pillow: bool,
     },
+    /// Fox-style compression study (paper Table 2): precision per 100-token bucket at 64/100 vision tokens.
+    Fox {
+        #[arg(long, env = "OPTIMEM_MODEL", default_value = "models/optimem-tiny")]
+        model: PathBuf,
+        /// Directory of .txt files to cut pages from (default: Debian's /usr/share/common-licenses).
+        #[arg(long)]
+        text: Option<PathBuf>,
+        #[arg(long, value_delimiter = ',', default_value = "tiny,small")]
+        modes: Vec<Tier>,
+        #[arg(long, default_value_t = 4)]
+        pages_per_bucket: usize,
+        #[arg(long, default_value = "fox-report")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 2048)]
+        max_new_tokens: usize,
+        /// tokenizer.json that counts text tokens (default: the DeepSeek-V3 one in assets/, else the model's).
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+    },
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -173,6 +223,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }) => cli::bench::render(pages, repeat, !no_pillow),
         Command::Serve(a) => cli::serve::serve(a),
         Command::Client(c) => cli::client::run(c),
+        Command::Bench(BenchCommand::Fox {
+            model,
+            text,
+            modes,
+            pages_per_bucket,
+            out,
+            max_new_tokens,
+            tokenizer,
+        }) => cli::fox::fox(cli::fox::FoxArgs {
+            model,
+            text,
+            modes,
+            pages_per_bucket,
+            out,
+            max_new_tokens,
+            tokenizer,
+        }),
+        Command::Compress(a) => cli::compress::compress(cli::compress::CompressArgs {
+            layout: a.layout.config(),
+            input: a.input,
+            chat: a.chat,
+            policy: a.policy,
+            out: a.out,
+            model: a.model,
+            verify: a.verify,
+            max_new_tokens: a.max_new_tokens,
+            tokenizer: a.tokenizer,
+        }),
     }
 }
 

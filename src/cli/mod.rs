@@ -2,6 +2,8 @@
 
 pub mod bench;
 pub mod client;
+pub mod compress;
+pub mod fox;
 pub mod ocr;
 pub mod render;
 pub mod serve;

@@ -1,0 +1,339 @@
+//! Fox-style pages: held-out prose cut into pages of 600–1,300 text tokens (buckets of 100, the paper's Table 2), each
+//! set at the largest font size that keeps it on one page.
+
+use std::path::{Path, PathBuf};
+
+use optimem_renderer::{Document, LayoutConfig, Page, Renderer};
+
+use super::FoxError;
+use crate::metrics::TextTokenizer;
+
+/// The paper's buckets of text tokens per page: [600, 700) … [1200, 1300).
+pub const BUCKETS: [(usize, usize); 7] = [
+    (600, 700),
+    (700, 800),
+    (800, 900),
+    (900, 1000),
+    (1000, 1100),
+    (1100, 1200),
+    (1200, 1300),
+];
+
+/// Debian's licence texts: real English prose on every Debian machine, and not in the bundled model's training corpus.
+pub const DEFAULT_TEXT_DIR: &str = "/usr/share/common-licenses";
+
+/// The bucket index of a page with `tokens` text tokens, if it is in 600–1,300.
+pub fn bucket_of(tokens: usize) -> Option<usize> {
+    BUCKETS
+        .iter()
+        .position(|&(lo, hi)| (lo..hi).contains(&tokens))
+}
+
+/// What joins a word to the one before it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Sep {
+    /// A blank line: the word opens a paragraph.
+    Para,
+    Space,
+    /// Nothing: a CJK character inside an unspaced run (Chinese pages are cut character by character).
+    None,
+}
+
+/// One word of the corpus (or one character of CJK text) and what precedes it.
+#[derive(Clone, Debug)]
+struct Word {
+    text: String,
+    sep: Sep,
+    doc: usize,
+}
+
+/// Han, kana, Hangul and CJK punctuation: scripts written without spaces between words.
+fn is_cjk(c: char) -> bool {
+    matches!(c as u32,
+        0x3000..=0x303F | 0x3040..=0x30FF | 0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xAC00..=0xD7AF | 0xF900..=0xFAFF
+        | 0xFF00..=0xFFEF | 0x20000..=0x2FA1F)
+}
+
+/// The prose pages are cut from: every document's paragraphs (hard-wrapped lines re-joined), as one word stream.
+#[derive(Clone, Debug)]
+pub struct Corpus {
+    /// What the report says the text is.
+    pub description: String,
+    pub docs: Vec<String>,
+    words: Vec<Word>,
+}
+
+impl Corpus {
+    /// The `.txt` files of `dir` (sorted by name), or without a directory the files of [`DEFAULT_TEXT_DIR`] (identical
+    /// contents, such as the GPL-3 behind the GPL symlink, once).
+    pub fn load(dir: Option<&Path>) -> Result<Self, FoxError> {
+        let (root, only_txt) = match dir {
+            Some(d) => (d.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_TEXT_DIR), false),
+        };
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| FoxError::Io { path, source }
+        };
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&root)
+            .map_err(io(&root))?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()
+            .map_err(io(&root))?;
+        files.retain(|p| p.is_file() && (!only_txt || p.extension().is_some_and(|e| e == "txt")));
+        files.sort();
+        let mut docs = Vec::new();
+        let mut texts: Vec<String> = Vec::new();
+        for f in &files {
+            let bytes = std::fs::read(f).map_err(io(f))?;
+            let text = crate::input::utf8(bytes)
+                .map_err(|e| FoxError::NoText(format!("{}: {e}", f.display())))?;
+            if texts.contains(&text) {
+                continue;
+            }
+            docs.push(f.file_name().map_or_else(
+                || f.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            ));
+            texts.push(text);
+        }
+        let mut words = Vec::new();
+        for (doc, text) in texts.iter().enumerate() {
+            let mut sep = Sep::Para;
+            for line in text.lines() {
+                if line.trim().is_empty() {
+                    sep = Sep::Para;
+                    continue;
+                }
+                for w in line.split_whitespace() {
+                    if w.chars().any(is_cjk) {
+                        // Each character is a unit; the first keeps the separator before the run.
+                        for (i, c) in w.chars().enumerate() {
+                            words.push(Word {
+                                text: c.to_string(),
+                                sep: if i == 0 { sep } else { Sep::None },
+                                doc,
+                            });
+                        }
+                    } else {
+                        words.push(Word {
+                            text: w.to_owned(),
+                            sep,
+                            doc,
+                        });
+                    }
+                    sep = Sep::Space;
+                }
+                // A hard-wrapped CJK line continues without a space; Latin lines are re-joined with one.
+                if line.trim_end().chars().last().is_some_and(is_cjk) {
+                    sep = Sep::None;
+                }
+            }
+        }
+        if words.is_empty() {
+            return Err(FoxError::NoText(format!("no text in {}", root.display())));
+        }
+        let description = match dir {
+            Some(d) => format!("{} .txt file(s) from {}", docs.len(), d.display()),
+            None => format!(
+                "built-in: the {} distinct licence texts in {DEFAULT_TEXT_DIR} (Debian; real English prose, not in our \
+                 training corpus)",
+                docs.len()
+            ),
+        };
+        Ok(Self {
+            description,
+            docs,
+            words,
+        })
+    }
+
+    /// Words `start..end` as page text: spaces within paragraphs, blank lines between them.
+    fn text(&self, start: usize, end: usize) -> String {
+        let mut s = String::new();
+        for (i, w) in self.words[start..end].iter().enumerate() {
+            if i > 0 {
+                s.push_str(match w.sep {
+                    Sep::Para => "\n\n",
+                    Sep::Space => " ",
+                    Sep::None => "",
+                });
+            }
+            s.push_str(&w.text);
+        }
+        s
+    }
+}
+
+/// One benchmark page: its text, where it came from, its token count and the font size it is set at.
+#[derive(Clone, Debug)]
+pub struct FoxPage {
+    pub bucket: usize,
+    pub text: String,
+    pub text_tokens: usize,
+    /// The document of its first word.
+    pub source: String,
+    pub first_word: usize,
+    pub font_size: f32,
+    /// The page as laid out (one page).
+    pub page: Page,
+}
+
+/// Cuts `per_bucket` pages per bucket from the corpus in reading order (each page continues where the last ended; the
+/// corpus restarts from its beginning only when exhausted, and `wrapped` says so). Page k of a bucket aims at
+/// lo + (hi − lo)·(k + 1)/(n + 1) tokens, spreading the pages over the bucket.
+pub fn build_pages(
+    corpus: &Corpus,
+    tok: &TextTokenizer,
+    per_bucket: usize,
+    base: &LayoutConfig,
+) -> Result<(Vec<FoxPage>, bool), FoxError> {
+    let mut out = Vec::new();
+    let mut cursor = 0usize;
+    let mut wrapped = false;
+    for (b, &(lo, hi)) in BUCKETS.iter().enumerate() {
+        for k in 0..per_bucket {
+            let target = lo + (hi - lo) * (k + 1) / (per_bucket + 1);
+            let (start, end) = match cut(corpus, tok, cursor, target)? {
+                Some(r) => r,
+                None => {
+                    wrapped = true;
+                    cut(corpus, tok, 0, target)?.ok_or_else(|| {
+                        FoxError::NoText(format!(
+                            "the whole text has fewer than {target} tokens: give more with --text"
+                        ))
+                    })?
+                }
+            };
+            cursor = end;
+            let text = corpus.text(start, end);
+            let text_tokens = tok.count(&text)?;
+            if bucket_of(text_tokens) != Some(b) {
+                return Err(FoxError::NoText(format!(
+                    "could not cut a page of {lo}–{hi} tokens at word {start} (got {text_tokens}): a single word is \
+                     too long"
+                )));
+            }
+            let (font_size, page) = fit_one_page(&text, base)?;
+            out.push(FoxPage {
+                bucket: b,
+                text,
+                text_tokens,
+                source: corpus.docs[corpus.words[start].doc].clone(),
+                first_word: start,
+                font_size,
+                page,
+            });
+        }
+    }
+    Ok((out, wrapped))
+}
+
+/// Words `start..end` with the most words whose text has at most `target` tokens, or None if the rest of the corpus
+/// has fewer than `target` tokens.
+fn cut(
+    corpus: &Corpus,
+    tok: &TextTokenizer,
+    start: usize,
+    target: usize,
+) -> Result<Option<(usize, usize)>, FoxError> {
+    // An English word or a CJK character is rarely under half a token, so 4·target units always reach the target.
+    let max_end = (start + target * 4).min(corpus.words.len());
+    if max_end <= start || tok.count(&corpus.text(start, max_end))? < target {
+        return Ok(None);
+    }
+    let (mut lo, mut hi) = (start, max_end); // count(lo) <= target < count(hi) or count(hi) == target
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        if tok.count(&corpus.text(start, mid))? <= target {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(Some((start, lo.max(start + 1))))
+}
+
+/// The largest body font size (to 1/64 unit, between 4 and 40) at which `text` lays out on one page.
+pub fn fit_one_page(text: &str, base: &LayoutConfig) -> Result<(f32, Page), FoxError> {
+    let layout = |fs: f32| -> Result<Vec<Page>, FoxError> {
+        let mut r = Renderer::new(LayoutConfig {
+            font_size: fs,
+            ..base.clone()
+        })?;
+        Ok(r.paginate(Document::Text(text)))
+    };
+    let (mut lo, mut hi) = (4.0f32, 40.0f32);
+    let mut best = layout(lo)?;
+    if best.len() != 1 {
+        return Err(FoxError::NoText(format!(
+            "{} characters do not fit on one page even at font size {lo}",
+            text.chars().count()
+        )));
+    }
+    while hi - lo > 1.0 / 64.0 {
+        let mid = (lo + hi) / 2.0;
+        let pages = layout(mid)?;
+        if pages.len() == 1 {
+            lo = mid;
+            best = pages;
+        } else {
+            hi = mid;
+        }
+    }
+    let page = best
+        .into_iter()
+        .next()
+        .ok_or_else(|| FoxError::NoText("empty page".into()))?;
+    Ok((lo, page))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chinese_text_is_cut_by_character_and_rejoined_unspaced() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            tmp.path().join("zh.txt"),
+            "光学压缩记忆。\n第二行\n\nNew para, here.",
+        )
+        .expect("write");
+        let c = Corpus::load(Some(tmp.path())).expect("corpus");
+        assert_eq!(c.words.len(), 7 + 3 + 3);
+        assert_eq!(
+            c.text(0, c.words.len()),
+            "光学压缩记忆。第二行\n\nNew para, here."
+        );
+        assert_eq!(c.text(2, 4), "压缩");
+    }
+
+    #[test]
+    fn buckets_cover_600_to_1300() {
+        assert_eq!(bucket_of(599), None);
+        assert_eq!(bucket_of(600), Some(0));
+        assert_eq!(bucket_of(699), Some(0));
+        assert_eq!(bucket_of(700), Some(1));
+        assert_eq!(bucket_of(1250), Some(6));
+        assert_eq!(bucket_of(1299), Some(6));
+        assert_eq!(bucket_of(1300), None);
+    }
+
+    #[test]
+    fn a_page_fits_at_the_fitted_size_and_not_much_larger() {
+        let text = optimem_renderer::density::SAMPLE_PROSE.repeat(6);
+        let base = LayoutConfig::default();
+        let (fs, page) = fit_one_page(&text, &base).expect("fits");
+        assert_eq!(page.index, 0);
+        let mut r = Renderer::new(LayoutConfig {
+            font_size: fs + 0.5,
+            ..base
+        })
+        .expect("layout");
+        assert!(
+            r.paginate(Document::Text(&text)).len() > 1,
+            "font {fs} is not the largest"
+        );
+    }
+}
