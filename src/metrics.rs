@@ -150,7 +150,7 @@ pub fn compression_ratio(text_tokens: usize, vision_tokens: usize) -> f64 {
     }
 }
 
-/// Where the DeepSeek-V3 `tokenizer.json` (with the OCR tokens) lives in the repository.
+/// Where the DeepSeek-V3 `tokenizer.json` (with the OCR tokens) lives in the repository (committed as `.zst`).
 pub const DEEPSEEK_V3_TOKENIZER: &str = "assets/tokenizers/deepseek-v3/tokenizer.json";
 
 /// The tokenizer that counts text tokens, with the name reports print.
@@ -161,12 +161,15 @@ pub struct TextTokenizer {
 }
 
 impl TextTokenizer {
+    /// Loads `path`, or its zstd-compressed twin `path.zst` (how the DeepSeek-V3 file is committed).
     pub fn from_file(path: &Path, name: impl Into<String>) -> Result<Self, MetricsError> {
-        let inner =
-            tokenizers::Tokenizer::from_file(path).map_err(|e| MetricsError::Tokenizer {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
+        let err = |reason: String| MetricsError::Tokenizer {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let bytes =
+            crate::model::tokenizer::read_tokenizer_json(path).map_err(|e| err(e.to_string()))?;
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| err(e.to_string()))?;
         Ok(Self {
             inner,
             name: name.into(),
@@ -186,7 +189,12 @@ impl TextTokenizer {
             PathBuf::from(DEEPSEEK_V3_TOKENIZER),
             Path::new(env!("CARGO_MANIFEST_DIR")).join(DEEPSEEK_V3_TOKENIZER),
         ];
-        if let Some(p) = candidates.iter().find(|p| p.is_file()) {
+        let present = |p: &PathBuf| {
+            let mut zst = p.clone().into_os_string();
+            zst.push(".zst");
+            p.is_file() || Path::new(&zst).is_file()
+        };
+        if let Some(p) = candidates.iter().find(|p| present(p)) {
             return Self::from_file(p, format!("DeepSeek-V3 ({})", p.display()));
         }
         match model_dir {
@@ -266,6 +274,17 @@ mod tests {
         assert_eq!(word_recall("x y z", ""), 1.0);
         assert_eq!(word_recall("", "a b"), 0.0);
         assert_eq!(word_recall("b a", "a b"), 1.0);
+    }
+
+    #[test]
+    fn counts_with_the_committed_deepseek_v3_tokenizer() {
+        let t = TextTokenizer::resolve(None, None).expect("assets/ tokenizer (zstd) loads");
+        assert!(t.name().starts_with("DeepSeek-V3"), "{}", t.name());
+        // The OCR tokens are single added tokens; prose is several.
+        assert_eq!(t.count("<image>").expect("count"), 1);
+        let n = t.count("Optical memory keeps the gist of old turns.").expect("count");
+        assert!((5..=15).contains(&n), "{n}");
+        assert_eq!(t.count("").expect("count"), 0);
     }
 
     #[test]

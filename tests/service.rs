@@ -1,6 +1,7 @@
 //! The gRPC service end to end: a real server on `127.0.0.1:0` over a sled store in a temp dir and the random-weight
 //! fixture model, driven by the generated client. Round trips in every recall mode and streamed, each error code,
-//! bearer-token auth, concurrent clients, a restart on the same data dir, and the health check.
+//! bearer-token auth (health and reflection stay open), concurrent clients, a restart on the same data dir, and the
+//! health check.
 
 mod common;
 
@@ -19,6 +20,10 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
 struct Fixture {
     tmp: tempfile::TempDir,
@@ -56,13 +61,16 @@ impl Server {
             .expect("server stopped cleanly");
     }
 
-    async fn health(&self) -> HealthClient<Channel> {
-        let channel = Channel::from_shared(format!("http://{}", self.addr))
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
             .expect("uri")
             .connect()
             .await
-            .expect("connect");
-        HealthClient::new(channel)
+            .expect("connect")
+    }
+
+    async fn health(&self) -> HealthClient<Channel> {
+        HealthClient::new(self.channel().await)
     }
 
     async fn client(&self) -> MemoryClient<Channel> {
@@ -480,6 +488,27 @@ async fn bearer_token_is_required_when_configured() {
         .check(tonic_health::pb::HealthCheckRequest::default())
         .await
         .expect("health without a token");
+    // So does reflection: grpcurl can list and describe the API without the .proto.
+    let list = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = ServerReflectionClient::new(server.channel().await)
+        .server_reflection_info(tokio_stream::iter([list]))
+        .await
+        .expect("reflection without a token")
+        .into_inner();
+    let answer = answers
+        .message()
+        .await
+        .expect("answer")
+        .expect("one answer");
+    let Some(MessageResponse::ListServicesResponse(services)) = answer.message_response else {
+        panic!("not a service list: {answer:?}");
+    };
+    let names: Vec<&str> = services.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"optimem.v1.Memory"), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
     server.stop().await;
 }
 

@@ -19,7 +19,7 @@ pub const BUCKETS: [(usize, usize); 7] = [
     (1200, 1300),
 ];
 
-/// Debian's licence texts: real English prose on every Debian machine, and not in the bundled model's training corpus.
+/// Debian's licence texts: real English prose on every Debian machine, and not one of the bundled model's training sources.
 pub const DEFAULT_TEXT_DIR: &str = "/usr/share/common-licenses";
 
 /// The bucket index of a page with `tokens` text tokens, if it is in 600–1,300.
@@ -136,8 +136,8 @@ impl Corpus {
         let description = match dir {
             Some(d) => format!("{} .txt file(s) from {}", docs.len(), d.display()),
             None => format!(
-                "built-in: the {} distinct licence texts in {DEFAULT_TEXT_DIR} (Debian; real English prose, not in our \
-                 training corpus)",
+                "built-in: the {} distinct licence texts in {DEFAULT_TEXT_DIR} (Debian; real English prose, not one of \
+                 the training sources in models/optimem-tiny/README.md, though licence text can appear inside them)",
                 docs.len()
             ),
         };
