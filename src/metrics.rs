@@ -282,7 +282,9 @@ mod tests {
         assert!(t.name().starts_with("DeepSeek-V3"), "{}", t.name());
         // The OCR tokens are single added tokens; prose is several.
         assert_eq!(t.count("<image>").expect("count"), 1);
-        let n = t.count("Optical memory keeps the gist of old turns.").expect("count");
+        let n = t
+            .count("Optical memory keeps the gist of old turns.")
+            .expect("count");
         assert!((5..=15).contains(&n), "{n}");
         assert_eq!(t.count("").expect("count"), 0);
     }
