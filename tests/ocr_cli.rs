@@ -73,54 +73,39 @@ fn ocr_streams_text_from_a_model_directory() {
     assert_eq!(String::from_utf8_lossy(&again.stdout), text);
 }
 
+/// Runs `optimem` and checks that it fails with `needle` in its error output.
+fn fails_with(args: &[&str], needle: &str) {
+    let out = optimem(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert!(stderr.contains(needle), "{args:?}: {stderr}");
+}
+
 #[test]
 fn ocr_reports_bad_inputs_clearly() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let png = page_png(tmp.path());
-    let out = optimem(&[
-        "ocr",
-        png.to_str().expect("utf-8"),
-        "--model",
+    let png = png.to_str().expect("utf-8");
+    fails_with(
+        &["ocr", png, "--model", "/nonexistent/model"],
         "/nonexistent/model",
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("/nonexistent/model"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
 
     let not_image = tmp.path().join("notes.txt");
     std::fs::write(&not_image, "not an image").expect("write");
-    let out = optimem(&[
-        "ocr",
-        not_image.to_str().expect("utf-8"),
-        "--model",
-        "/nonexistent/model",
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("notes.txt"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let not_image = not_image.to_str().expect("utf-8");
+    fails_with(
+        &["ocr", not_image, "--model", "/nonexistent/model"],
+        "notes.txt",
     );
 
     let model = tmp.path().join("model");
     std::fs::create_dir(&model).expect("mkdir");
     fixture_model_dir(&model);
     std::fs::remove_file(model.join("tokenizer.json")).expect("rm");
-    let out = optimem(&[
-        "ocr",
-        png.to_str().expect("utf-8"),
-        "--model",
-        model.to_str().expect("utf-8"),
-        "--mode",
-        "tiny",
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("tokenizer.json"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let model = model.to_str().expect("utf-8");
+    fails_with(
+        &["ocr", png, "--model", model, "--mode", "tiny"],
+        "tokenizer.json",
     );
 }
