@@ -5,8 +5,9 @@ and yields whole batches of one tier: page pixels (u8), the target token ids of 
 the auxiliary targets (which character classes have a glyph centre inside each vision token's 64-px cell).
 Workers keep several requests in flight so the renderer and the Python side run at the same time.
 
-The text recipe follows training-notes.md: half the pages carry word-shuffled text (the language prior cannot
-help), a length curriculum (short pages first), plain text and chat layout, English and Chinese sources.
+The text recipe follows training-notes.md: most pages carry word-shuffled or character-scrambled text (the
+language prior cannot help), a length curriculum per tier (short pages first, caps that keep the compression
+readable), plain text and chat layout, English and Chinese sources.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ class Corpus:
 
     def _pick_source(self, rng: random.Random) -> list[str]:
         group = self.zh if (self.zh and (not self.en or rng.random() < self.zh_share)) else self.en
-        weights = [len(self.sources[s]) for s in group]
+        # Tempered by size (n^0.7): a large source (a dictionary, the kernel docs) is seen more, not exclusively.
+        weights = [len(self.sources[s]) ** 0.7 for s in group]
         return self.sources[rng.choices(group, weights)[0]]
 
     def paragraphs(self, rng: random.Random, n_chars: int) -> list[str]:
@@ -81,16 +83,28 @@ def shuffle_words(text: str, rng: random.Random) -> str:
     return "".join(out)
 
 
+def scramble_chars(text: str, rng: random.Random) -> str:
+    """Character-scramble one paragraph: its non-space characters permuted, spaces and line breaks kept, so
+    neither words nor their spelling can be guessed; only reading recovers the text."""
+    chars = [c for c in text if not c.isspace()]
+    rng.shuffle(chars)
+    it = iter(chars)
+    return "".join(c if c.isspace() else next(it) for c in text)
+
+
 def make_request(corpus: Corpus, rng: random.Random, max_chars: int, tier: str, shuffle: bool,
-                 chat_share: float = 0.25) -> dict:
-    """One render-stream request line: text (or chat turns), tier and font size."""
+                 chat_share: float = 0.25, scramble: bool = False) -> dict:
+    """One render-stream request line: text (or chat turns), tier and font size. `shuffle` word-shuffles the
+    text, `scramble` character-scrambles it (training-notes.md: text the language prior cannot predict)."""
     lo = 30
     n_chars = int(math.exp(rng.uniform(math.log(lo), math.log(max(lo + 1, max_chars)))))
     # Font size in logical units on the 1024 canvas (default 17 ≈ a Fox page). Large type for short texts.
     fs_hi = 44.0 if n_chars < 600 else 30.0
     font_size = round(rng.uniform(17.0, fs_hi) if rng.random() < 0.8 else rng.uniform(13.0, 17.0), 1)
     paras = corpus.paragraphs(rng, n_chars)
-    if shuffle:
+    if scramble:
+        paras = [scramble_chars(p, rng) for p in paras]
+    elif shuffle:
         paras = [shuffle_words(p, rng) for p in paras]
     req: dict = {"tier": tier, "font_size": font_size}
     if rng.random() < chat_share and len(paras) >= 1:
@@ -226,20 +240,24 @@ class PageBatches(torch.utils.data.IterableDataset):
         tiers, tier_w = zip(*cfg["tiers"].items())
         inflight = cfg.get("inflight", 6)
 
-        def max_chars_now() -> int:
+        def max_chars_now(tier: str) -> int:
+            """The length cap of this tier now: from min_max_chars up to the tier's cap over the curriculum."""
             frac = min(1.0, max(0.0, (time.time() - t0) / (total * cfg["curriculum"]))) if cfg["curriculum"] > 0 else 1.0
-            return int(cfg["min_max_chars"] + frac * (cfg["max_chars"] - cfg["min_max_chars"]))
+            cap = cfg["max_chars"][tier] if isinstance(cfg["max_chars"], dict) else cfg["max_chars"]
+            return int(cfg["min_max_chars"] + frac * max(0, cap - cfg["min_max_chars"]))
 
         try:
             while True:
                 tier = rng.choices(tiers, tier_w)[0]
                 bs = cfg["batch"][tier]
-                mc = max_chars_now()
+                mc = max_chars_now(tier)
                 imgs, ids, auxs, nshuf, sent = [], [], [], 0, 0
                 while len(imgs) < bs:
                     while sent < inflight and len(imgs) + sent < bs:
-                        sh = rng.random() < cfg["shuffle_share"]
-                        rs.submit(make_request(corpus, rng, mc, tier, sh), sh)
+                        u = rng.random()
+                        sc = u < cfg.get("scramble_share", 0.0)
+                        sh = sc or u < cfg.get("scramble_share", 0.0) + cfg["shuffle_share"]
+                        rs.submit(make_request(corpus, rng, mc, tier, sh, scramble=sc), sh)
                         sent += 1
                     header, pix, shuffle = rs.receive()
                     sent -= 1

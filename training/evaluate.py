@@ -56,7 +56,7 @@ def precision(pred: str, truth: str) -> float:
 
 
 class EvalSet:
-    """tf: {tier: [(header, pixels, target ids)]}; greedy: {tier: [(bucket, header, pixels)]}."""
+    """tf: {tier or "tier/shuffled": [(header, pixels, target ids)]}; greedy: {tier: [(bucket, header, pixels)]}."""
 
     def __init__(self):
         self.tf: dict[str, list] = {}
@@ -68,20 +68,25 @@ class EvalSet:
         rng = random.Random(seed)
         corpus = D.Corpus(heldout_dir, zh_share=0.3)
         es = cls()
-        # teacher-forced pages: medium lengths, plain text, not shuffled; identical requests at each tier
-        reqs = []
+        # teacher-forced pages: medium lengths, plain text; identical requests at each tier, once as written and
+        # once word-shuffled ("<tier>/shuffled": there the language prior cannot help, so the real-vs-blank gap
+        # there measures reading alone)
+        reqs, shuf = [], []
         for _ in range(n_tf):
             n = int(math.exp(rng.uniform(math.log(200), math.log(2500))))
             fs = round(rng.uniform(17, 30), 1)
-            reqs.append({"text": "\n".join(corpus.paragraphs(rng, n))[: int(n * 1.2)], "font_size": fs})
+            paras = corpus.paragraphs(rng, n)
+            reqs.append({"text": "\n".join(paras)[: int(n * 1.2)], "font_size": fs})
+            shuf.append({"text": "\n".join(D.shuffle_words(p, rng) for p in paras)[: int(n * 1.2)], "font_size": fs})
         for tier in tiers:
-            rendered = D.render_fixed(renderer, [dict(r, tier=tier) for r in reqs])
-            es.tf[tier] = []
-            for header, pix in rendered:
-                if pix is None or not header["visible_text"].strip():
-                    continue
-                ids = tok.encode(header["visible_text"], add_special_tokens=False).ids[: max_target_tokens - 1] + [1]
-                es.tf[tier].append((header, pix, ids))
+            for key, rq in ((tier, reqs), (f"{tier}/shuffled", shuf)):
+                rendered = D.render_fixed(renderer, [dict(r, tier=tier) for r in rq])
+                es.tf[key] = []
+                for header, pix in rendered:
+                    if pix is None or not header["visible_text"].strip():
+                        continue
+                    ids = tok.encode(header["visible_text"], add_special_tokens=False).ids[: max_target_tokens - 1] + [1]
+                    es.tf[key].append((header, pix, ids))
         # greedy pages: per_bucket pages in each length bucket (visible characters)
         chosen: dict[tuple, list[dict]] = {b: [] for b in BUCKETS}
         tries = 0
@@ -207,7 +212,7 @@ def main() -> None:
     with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16):
         for tier, pages in es.tf.items():
             imgs, tg = stack_pages(pages, dev)
-            q = D.TIER_PX[tier] // D.CELL_PX
+            q = D.TIER_PX[tier.split("/")[0]] // D.CELL_PX
             n = q * (q + 1) + 1
             b = tg.shape[0]
             head = torch.tensor([0] + [image_id] * n + prompt_ids, device=dev).expand(b, -1)

@@ -65,9 +65,11 @@ def parse_args():
     ap.add_argument("--tiers", default="tiny:0.45,small:0.45,base:0.10")
     ap.add_argument("--curriculum", type=float, default=0.35)
     ap.add_argument("--min-max-chars", type=int, default=150)
-    ap.add_argument("--max-chars", type=int, default=3000)
+    ap.add_argument("--max-chars", default="tiny:1200,small:2000,base:3600",
+                    help="final length cap in characters: one number, or per tier as tier:n,...")
     ap.add_argument("--max-target-tokens", type=int, default=1024)
-    ap.add_argument("--shuffle-share", type=float, default=0.5)
+    ap.add_argument("--shuffle-share", type=float, default=0.6, help="pages with word-shuffled text")
+    ap.add_argument("--scramble-share", type=float, default=0.1, help="pages with character-scrambled text")
     ap.add_argument("--zh-share", type=float, default=0.3)
     ap.add_argument("--eval-every", type=float, default=90)
     ap.add_argument("--ckpt-every", type=float, default=150)
@@ -123,6 +125,13 @@ def aux_loss(logits: torch.Tensor, aux_idx: torch.Tensor) -> torch.Tensor:
     tgt.scatter_(1, aux_idx.clamp(min=0), valid.float())
     loss = F.binary_cross_entropy_with_logits(logits.float().reshape(b, -1), tgt, reduction="sum")
     return loss / (b * cells)
+
+
+def parse_max_chars(spec: str):
+    """"3000" → 3000 for every tier; "tiny:1200,small:2000,base:3600" → per tier."""
+    if ":" not in spec:
+        return int(spec)
+    return {k: int(v) for k, v in (x.split(":") for x in spec.split(","))}
 
 
 def lr_at(step: int, t_sched: float, args) -> float:
@@ -255,8 +264,9 @@ def main():
         "tokenizer": args.tokenizer, "aux_chars": aux_chars, "aux_buckets": args.aux_buckets, "eos_id": eos,
         "renderer": args.renderer, "t0": t_start - args.sched_offset, "total_s": sched_total,
         "tiers": tiers, "batch": {"tiny": args.batch_tiny, "small": args.batch_small, "base": args.batch_base},
-        "curriculum": args.curriculum, "min_max_chars": args.min_max_chars, "max_chars": args.max_chars,
+        "curriculum": args.curriculum, "min_max_chars": args.min_max_chars, "max_chars": parse_max_chars(args.max_chars),
         "max_target_tokens": args.max_target_tokens, "shuffle_share": args.shuffle_share,
+        "scramble_share": args.scramble_share,
     }
     loader = torch.utils.data.DataLoader(
         D.PageBatches(dcfg), batch_size=None, num_workers=args.workers, pin_memory=is_cuda,
@@ -275,7 +285,7 @@ def main():
         with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=True):
             for tier, pages in evalset.tf.items():
                 imgs, tg = E.stack_pages(pages, dev)
-                q = D.TIER_PX[tier] // D.CELL_PX
+                q = D.TIER_PX[tier.split("/")[0]] // D.CELL_PX
                 ids, mask, labels = build_inputs(tg, q * (q + 1) + 1, prompt_ids, image_id, eos)
                 real = model(ids, pixel_values=pixels(imgs), images_seq_mask=mask, labels=labels, return_logits=False).loss
                 blank = model(ids, pixel_values=pixels(torch.full_like(imgs, 255)), images_seq_mask=mask, labels=labels,

@@ -44,6 +44,8 @@ def main() -> None:
     ap.add_argument("--aux-chars", default="training/data/aux_chars.txt",
                     help="also write the most frequent characters (the auxiliary loss's classes)")
     ap.add_argument("--n-aux-chars", type=int, default=1536)
+    ap.add_argument("--aux-only", action="store_true",
+                    help="write only the auxiliary characters (the model's tokenizer is kept, see build_corpus.sh)")
     args = ap.parse_args()
 
     tok = Tokenizer(models.BPE(byte_fallback=False))
@@ -65,6 +67,8 @@ def main() -> None:
         f.write("".join(top))
     print(f"{len(counts)} distinct characters; top {len(top)} cover "
           f"{sum(counts[c] for c in top) / sum(v for c, v in counts.items() if not c.isspace()):.4f} of non-space characters")
+    if args.aux_only:
+        return
     tok.train_from_iterator(lines(files), trainer=trainer)
     for i, s in enumerate(SPECIAL):
         assert tok.token_to_id(s) == i, (s, tok.token_to_id(s))

@@ -7,10 +7,14 @@
 # tokenizer assets, so `on` takes them out of the index and ignores them (the files stay on disk), and `off` puts
 # them back exactly. Never commit between `on` and `off`.
 #
+# `SLIM_MODEL=1 tools/device/slim.sh on` also leaves the bundled model behind (a training run from scratch, or one
+# that carries its resume weights itself); `off` always restores every path.
+#
 # Usage: tools/device/slim.sh on|off|status
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 paths=(tests/fixtures renderer/fonts assets)
+if [ "${1:-}" = off ] || [ "${SLIM_MODEL:-0}" = 1 ]; then paths+=(models); fi
 exclude=$(git rev-parse --git-path info/exclude)
 case "${1:-status}" in
   on)
