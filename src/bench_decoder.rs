@@ -1,24 +1,33 @@
-//! `optimem bench decoder`: speed and memory of the MoE decoder at the official size, without the
-//! official weights.
+//! `optimem bench decoder`: speed and memory of the MoE decoder at the official size, and parity dumps.
 //!
-//! The decoder is built at the official DeepSeek-OCR shapes (12 layers, hidden 1280, 64 routed
-//! experts top-6 plus 2 shared, vocab 129,280; spec §4.1) from random weights created lazily, tensor
-//! by tensor, on the target device as the loader asks for them. Speed does not depend on the values,
-//! only the routing spread does, and random routers spread tokens over all experts as a trained one
-//! roughly does. It times a prefill of `prompt_tokens` positions and `decode_tokens` batch-1 greedy
-//! steps through the KV cache (each step synchronises on its token, as real decoding does), and
-//! reports the KV-cache cost per 1,000 positions. Not a test: run it on purpose, on quiet hardware.
+//! By default the decoder is built at the official DeepSeek-OCR shapes (12 layers, hidden 1280, 64 routed
+//! experts top-6 plus 2 shared, vocab 129,280; spec §4.1) from random weights created lazily, tensor by
+//! tensor, on the target device as the loader asks for them. Speed does not depend on the values, only the
+//! routing spread does, and random routers spread tokens over all experts as a trained one roughly does.
+//! With a model directory ([`DecoderBenchOptions::from_model_dir`]) the weights are loaded from it instead,
+//! so the PyTorch reference (`tools/reference/bench_full.py`) can run the same weights on the same prompt.
+//! The prompt is `prompt_tokens` ids drawn in the vocabulary from a seeded generator. It times a prefill
+//! and `decode_tokens` batch-1 greedy steps through the KV cache (each step synchronises on its token, as
+//! real decoding does), and reports the KV-cache cost per 1,000 positions. Not a test: run it on purpose,
+//! on quiet hardware.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::VarBuilder;
 use candle_nn::var_builder::SimpleBackend;
 
+use crate::bench_encoder::{device_name, peak_rss_bytes};
 use crate::model::ModelError;
+use crate::model::config::{load_safetensors_mmap, read_config_json};
 use crate::model::decoder::moe::Dispatch;
 use crate::model::decoder::{DeepseekOcrDecoder, TextConfig};
+
+/// Prefill positions whose logits a run keeps (the whole `[T, vocab]` would be hundreds of MB).
+pub const LOGITS_KEPT: usize = 8;
 
 /// The decoder fields of the official config.json (spec §4.1); defaults as documented.
 pub fn official_text_config() -> Result<TextConfig, ModelError> {
@@ -45,11 +54,14 @@ pub struct DecoderBenchOptions {
     /// Untimed runs before timing (kernel compilation, allocator warm-up).
     pub warmup: usize,
     pub dispatch: Dispatch,
+    /// Seeds the prompt ids (and the random weights on CUDA).
     pub seed: u64,
+    /// The model directory the weights come from; None: random weights at `config`.
+    pub model: Option<PathBuf>,
 }
 
 impl DecoderBenchOptions {
-    /// Official shapes, a 1,000-position prefill and 128 decode steps.
+    /// Official shapes, random weights, a 1,000-position prefill and 128 decode steps.
     pub fn official(dtype: DType, device: Device) -> Result<Self, ModelError> {
         Ok(Self {
             config: official_text_config()?,
@@ -60,6 +72,16 @@ impl DecoderBenchOptions {
             warmup: 1,
             dispatch: Dispatch::Auto,
             seed: 0,
+            model: None,
+        })
+    }
+
+    /// As [`Self::official`] with the config and weights of a model directory (official layout).
+    pub fn from_model_dir(dir: &Path, dtype: DType, device: Device) -> Result<Self, ModelError> {
+        Ok(Self {
+            config: TextConfig::from_config_json(&read_config_json(dir)?)?,
+            model: Some(dir.to_path_buf()),
+            ..Self::official(dtype, device)?
         })
     }
 }
@@ -67,6 +89,8 @@ impl DecoderBenchOptions {
 /// Measured figures.
 #[derive(Debug, Clone)]
 pub struct DecoderBenchReport {
+    /// "random" or the model directory the weights came from.
+    pub weights: String,
     pub parameters: usize,
     pub weight_bytes: usize,
     pub build_s: f64,
@@ -76,7 +100,12 @@ pub struct DecoderBenchReport {
     pub decode_s: f64,
     pub kv_bytes_per_1000_tokens: usize,
     pub dtype: DType,
+    /// `cpu` or `cuda:N`.
     pub device: String,
+    pub seed: u64,
+    pub warmup: usize,
+    /// Peak resident memory of the process (host memory, not GPU memory), if the OS reports it.
+    pub peak_rss_bytes: Option<u64>,
 }
 
 impl DecoderBenchReport {
@@ -87,14 +116,43 @@ impl DecoderBenchReport {
     pub fn decode_tokens_per_s(&self) -> f64 {
         self.decode_tokens as f64 / self.decode_s
     }
+
+    /// The report as one JSON object (for scripts: `--json`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "bench": "decoder",
+            "weights": self.weights,
+            "device": self.device,
+            "dtype": self.dtype.as_str(),
+            "parameters": self.parameters,
+            "weight_bytes": self.weight_bytes,
+            "build_s": self.build_s,
+            "seed": self.seed,
+            "warmup": self.warmup,
+            "prompt_tokens": self.prompt_tokens,
+            "prefill_s": self.prefill_s,
+            "prefill_tokens_per_s": self.prefill_tokens_per_s(),
+            "decode_tokens": self.decode_tokens,
+            "decode_s": self.decode_s,
+            "decode_tokens_per_s": self.decode_tokens_per_s(),
+            "kv_bytes_per_1000_tokens": self.kv_bytes_per_1000_tokens,
+            "peak_rss_bytes": self.peak_rss_bytes,
+        })
+    }
 }
 
 impl fmt::Display for DecoderBenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let weights = if self.weights == "random" {
+            "random weights".to_string()
+        } else {
+            format!("weights from {}", self.weights)
+        };
         writeln!(
             f,
-            "decoder bench on {} ({:?}), random weights",
-            self.device, self.dtype
+            "decoder bench on {} ({}), {weights}",
+            self.device,
+            self.dtype.as_str()
         )?;
         writeln!(
             f,
@@ -123,7 +181,11 @@ impl fmt::Display for DecoderBenchReport {
             "  KV cache: {} bytes per 1,000 positions ({:.1} MB)",
             self.kv_bytes_per_1000_tokens,
             self.kv_bytes_per_1000_tokens as f64 / 1e6
-        )
+        )?;
+        if let Some(b) = self.peak_rss_bytes {
+            write!(f, "\n  peak RSS {:.2} GiB", b as f64 / (1u64 << 30) as f64)?;
+        }
+        Ok(())
     }
 }
 
@@ -161,46 +223,129 @@ impl SimpleBackend for RandomWeights {
     }
 }
 
-/// Builds the decoder from random weights and times it.
-pub fn run(opts: &DecoderBenchOptions) -> Result<DecoderBenchReport, ModelError> {
+/// A run's report and the prefill's outputs.
+#[derive(Debug, Clone)]
+pub struct DecoderBenchRun {
+    pub report: DecoderBenchReport,
+    /// The prompt ids.
+    pub ids: Vec<u32>,
+    /// The final-normed hidden states of the prefill `[T, hidden]`, in the model dtype.
+    pub hidden: Tensor,
+    /// Logits of the last `min(T, LOGITS_KEPT)` prefill positions `[k, vocab]`, f32.
+    pub logits_last: Tensor,
+    /// The greedy tokens of the last timed decode.
+    pub decoded: Vec<u32>,
+}
+
+impl DecoderBenchRun {
+    /// Writes `ids` (i64 `[T]`), `hidden` (f32 `[T, hidden]`), `logits_last` (f32 `[k, vocab]`) and
+    /// `decoded` (i64 `[decode_tokens]`) to a safetensors file.
+    pub fn save_dump(&self, path: &Path) -> Result<(), ModelError> {
+        let cpu = &Device::Cpu;
+        let ids = |v: &[u32]| {
+            let v: Vec<i64> = v.iter().map(|&i| i64::from(i)).collect();
+            let n = v.len();
+            Tensor::from_vec(v, n, cpu)
+        };
+        let tensors = HashMap::from([
+            ("ids".to_string(), ids(&self.ids)?),
+            (
+                "hidden".to_string(),
+                self.hidden.to_dtype(DType::F32)?.to_device(cpu)?,
+            ),
+            ("logits_last".to_string(), self.logits_last.to_device(cpu)?),
+            ("decoded".to_string(), ids(&self.decoded)?),
+        ]);
+        candle_core::safetensors::save(&tensors, path)?;
+        Ok(())
+    }
+}
+
+/// `n` token ids in `0..vocab` from `seed` (splitmix64): the same on every machine, and written to the
+/// dump so that the reference reads the identical prompt.
+pub fn prompt_ids(seed: u64, n: usize, vocab: usize) -> Vec<u32> {
+    let mut state = seed;
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            // Modulo bias is irrelevant here: the ids only need to be deterministic and in range.
+            (z % vocab as u64) as u32
+        })
+        .collect()
+}
+
+/// Builds the decoder (random weights, or the model directory's) and times it.
+pub fn run(opts: &DecoderBenchOptions) -> Result<DecoderBenchRun, ModelError> {
     let dev = &opts.device;
     if dev.is_cuda() {
         dev.set_seed(opts.seed)?;
     }
+    if opts.prompt_tokens == 0 || opts.decode_tokens == 0 {
+        return Err(ModelError::Input {
+            reason: "the prompt and the decode need at least one token each".into(),
+        });
+    }
     let start = Instant::now();
-    let backend: Box<dyn SimpleBackend> = Box::new(RandomWeights);
-    let vb = VarBuilder::from_backend(backend, opts.dtype, dev.clone());
+    let (vb, weights) = match &opts.model {
+        Some(dir) => (
+            load_safetensors_mmap(dir, opts.dtype, dev)?,
+            dir.display().to_string(),
+        ),
+        None => {
+            let backend: Box<dyn SimpleBackend> = Box::new(RandomWeights);
+            (
+                VarBuilder::from_backend(backend, opts.dtype, dev.clone()),
+                "random".to_string(),
+            )
+        }
+    };
     let mut model = DeepseekOcrDecoder::new(&opts.config, vb)?;
     model.set_moe_dispatch(opts.dispatch);
     dev.synchronize()?;
     let build_s = start.elapsed().as_secs_f64();
     let parameters = count_parameters(&opts.config);
 
-    let h = opts.config.hidden_size;
     let capacity = opts.prompt_tokens + opts.decode_tokens;
-    let prompt =
-        (Tensor::randn(0f32, 1.0, (1, opts.prompt_tokens, h), dev)?.to_dtype(opts.dtype)? * 0.5)?;
+    let ids = prompt_ids(opts.seed, opts.prompt_tokens, opts.config.vocab_size);
+    let prompt = model.embed_ids(&ids)?.unsqueeze(0)?;
     let mut cache = model.new_cache(1, capacity)?;
+    let kept = opts.prompt_tokens.min(LOGITS_KEPT);
 
     let mut prefill_s = f64::INFINITY;
     let mut decode_s = f64::INFINITY;
+    let mut outputs = None;
+    let mut decoded = Vec::with_capacity(opts.decode_tokens);
     for _ in 0..opts.warmup + 1 {
         cache.reset();
+        decoded.clear();
         dev.synchronize()?;
         let t0 = Instant::now();
-        let logits = model.forward_embeds_last(&prompt, &mut cache)?;
-        let mut next = logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
+        let hidden = model.hidden_states(&prompt, &mut cache)?.squeeze(0)?;
+        let logits = model.logits(&hidden.narrow(0, opts.prompt_tokens - kept, kept)?)?;
+        let mut next = logits.get(kept - 1)?.argmax(0)?.to_scalar::<u32>()?;
         prefill_s = t0.elapsed().as_secs_f64();
+        if outputs.is_none() {
+            outputs = Some((hidden, logits));
+        }
 
         let t1 = Instant::now();
         for _ in 0..opts.decode_tokens {
+            decoded.push(next);
             let x = model.embed_ids(&[next])?.unsqueeze(0)?;
             let logits = model.forward_embeds_last(&x, &mut cache)?;
             next = logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
         }
         decode_s = t1.elapsed().as_secs_f64();
     }
-    Ok(DecoderBenchReport {
+    let (hidden, logits_last) = outputs.ok_or_else(|| ModelError::Input {
+        reason: "no prefill ran".into(),
+    })?;
+    let report = DecoderBenchReport {
+        weights,
         parameters,
         weight_bytes: parameters * opts.dtype.size_in_bytes(),
         build_s,
@@ -210,7 +355,17 @@ pub fn run(opts: &DecoderBenchOptions) -> Result<DecoderBenchReport, ModelError>
         decode_s,
         kv_bytes_per_1000_tokens: cache.bytes_per_position() * 1000,
         dtype: opts.dtype,
-        device: format!("{:?}", dev.location()),
+        device: device_name(dev),
+        seed: opts.seed,
+        warmup: opts.warmup,
+        peak_rss_bytes: peak_rss_bytes(),
+    };
+    Ok(DecoderBenchRun {
+        report,
+        ids,
+        hidden,
+        logits_last,
+        decoded,
     })
 }
 
@@ -262,7 +417,7 @@ mod tests {
         opts.prompt_tokens = 20;
         opts.decode_tokens = 5;
         opts.warmup = 0;
-        let r = run(&opts)?;
+        let r = run(&opts)?.report;
         assert_eq!(r.parameters, count_parameters(&opts.config));
         // 2 layers × (k + v) × 4 heads × 8 dims × 4 bytes per position.
         assert_eq!(r.kv_bytes_per_1000_tokens, 1000 * 2 * 2 * 4 * 8 * 4);

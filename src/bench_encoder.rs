@@ -1,26 +1,67 @@
-//! Encoder throughput benchmark: the DeepEncoder at the official sizes with random weights.
+//! `optimem bench encoder`: DeepEncoder throughput at the official sizes, and parity dumps.
 //!
-//! Speed does not depend on weight values, so the benchmark builds every vision tensor of the official
-//! checkpoint (spec §6.2 shapes, from [`VisionConfig`]) from a normal distribution scaled by 1/√fan_in,
-//! and times preprocessing and encoding of a synthetic A4 page (1191×1684, the PDF script's 144 dpi).
-//! It needs no model download. Peak resident memory (`VmHWM`) is read from /proc on Linux.
+//! Speed does not depend on weight values, so by default the benchmark builds every vision tensor of the
+//! official checkpoint (spec §6.2 shapes, from [`VisionConfig`]) from a normal distribution scaled by
+//! 1/√fan_in and needs no model download. With a model directory ([`EncoderBenchOptions::model`]) it
+//! loads the vision weights the way [`crate::model::OcrModel::load`] does, so the same weights can be run
+//! by the PyTorch reference (`tools/reference/bench_full.py`) and the outputs compared.
+//! It times preprocessing and encoding of a page (a synthetic A4 page, 1191×1684 = the PDF script's
+//! 144 dpi, unless an image is given) and keeps the first page's outputs for a dump.
+//! Peak resident memory (`VmHWM`) is read from /proc on Linux.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::model::error::Result;
+use crate::model::config::{load_safetensors_mmap, read_config_json};
+use crate::model::error::{ModelError, Result};
 use crate::model::preprocess::{self, Image8, Mode};
 use crate::model::{DeepEncoder, VisionConfig};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct EncoderBenchOptions {
+    pub mode: Mode,
+    /// Timed pages.
+    pub iters: usize,
+    /// Untimed pages before timing (CUDA kernel loading, allocator warm-up).
+    pub warmup: usize,
+    pub dtype: DType,
+    pub device: Device,
+    /// A model directory (config.json + *.safetensors, official layout) to load the vision weights from;
+    /// None: official-size random weights.
+    pub model: Option<PathBuf>,
+    /// The page to encode; None: the synthetic A4 page.
+    pub image: Option<Image8>,
+}
+
+impl EncoderBenchOptions {
+    /// Random official-size weights, the synthetic page, no warm-up.
+    pub fn new(mode: Mode, iters: usize, dtype: DType, device: Device) -> Self {
+        Self {
+            mode,
+            iters,
+            warmup: 0,
+            dtype,
+            device,
+            model: None,
+            image: None,
+        }
+    }
+}
 
 /// What one benchmark run measured.
 #[derive(Debug, Clone)]
 pub struct EncoderBenchReport {
     pub mode: Mode,
     pub iters: usize,
+    pub warmup: usize,
+    /// "random" or the model directory the weights came from.
+    pub weights: String,
     /// Vision parameters instantiated.
     pub params: usize,
     /// Embeddings per page (= `<image>` placeholders).
@@ -31,23 +72,54 @@ pub struct EncoderBenchReport {
     /// Mean and fastest encoder time per page.
     pub encode_mean_s: f64,
     pub encode_min_s: f64,
-    /// Peak resident memory of the process so far, if the OS reports it.
+    /// Peak resident memory of the process so far, if the OS reports it (host memory, not GPU memory).
     pub peak_rss_bytes: Option<u64>,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    pub dtype: DType,
 }
 
 impl EncoderBenchReport {
     pub fn pages_per_s(&self) -> f64 {
         1.0 / (self.preprocess_s + self.encode_mean_s)
     }
+
+    /// The report as one JSON object (for scripts: `--json`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "bench": "encoder",
+            "mode": self.mode.name(),
+            "weights": self.weights,
+            "device": self.device,
+            "dtype": self.dtype.as_str(),
+            "params": self.params,
+            "tokens": self.tokens,
+            "iters": self.iters,
+            "warmup": self.warmup,
+            "build_s": self.build_s,
+            "preprocess_s": self.preprocess_s,
+            "encode_mean_s": self.encode_mean_s,
+            "encode_min_s": self.encode_min_s,
+            "pages_per_s": self.pages_per_s(),
+            "peak_rss_bytes": self.peak_rss_bytes,
+        })
+    }
 }
 
 impl fmt::Display for EncoderBenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let weights = if self.weights == "random" {
+            "random weights".to_string()
+        } else {
+            format!("weights from {}", self.weights)
+        };
         write!(
             f,
-            "encoder {} ({} params, random weights): {} tokens/page; preprocess {:.3} s, encode mean {:.3} s \
+            "encoder {} on {} ({}, {} params, {weights}): {} tokens/page; preprocess {:.3} s, encode mean {:.3} s \
              (min {:.3} s) over {} pages => {:.3} pages/s",
             self.mode,
+            self.device,
+            self.dtype.as_str(),
             self.params,
             self.tokens,
             self.preprocess_s,
@@ -60,6 +132,53 @@ impl fmt::Display for EncoderBenchReport {
             write!(f, "; peak RSS {:.2} GiB", b as f64 / (1u64 << 30) as f64)?;
         }
         Ok(())
+    }
+}
+
+/// A run's report and the first page's outputs.
+#[derive(Debug, Clone)]
+pub struct EncoderBenchRun {
+    pub report: EncoderBenchReport,
+    /// The laid-out embedding sequence `[N, n_embed]` (what the decoder reads), in the model dtype.
+    pub sequence: Tensor,
+    /// The global view's projector output `[1, q², n_embed]`, before the layout.
+    pub projector_out: Tensor,
+    /// The preprocessed global view (RGB, square): the encoder's input before normalisation.
+    pub global_view: Image8,
+}
+
+impl EncoderBenchRun {
+    /// Writes `sequence` and `projector_out` (f32) and `global_view` (u8 `[S, S, 3]`) to a safetensors file.
+    pub fn save_dump(&self, path: &Path) -> Result<()> {
+        let v = &self.global_view;
+        let view = Tensor::from_vec(
+            v.data().to_vec(),
+            (v.height(), v.width(), v.channels()),
+            &Device::Cpu,
+        )?;
+        let tensors = HashMap::from([
+            ("sequence".to_string(), to_cpu_f32(&self.sequence)?),
+            (
+                "projector_out".to_string(),
+                to_cpu_f32(&self.projector_out)?,
+            ),
+            ("global_view".to_string(), view),
+        ]);
+        candle_core::safetensors::save(&tensors, path)?;
+        Ok(())
+    }
+}
+
+fn to_cpu_f32(t: &Tensor) -> Result<Tensor> {
+    Ok(t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)
+}
+
+/// `cpu` or `cuda:N`, as the reference script names devices.
+pub fn device_name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
     }
 }
 
@@ -187,7 +306,7 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Benchmarks the official-size encoder on CPU in f32 for `iters` pages of `mode`.
+/// Benchmarks the official-size encoder with random weights on CPU in f32 for `iters` pages of `mode`.
 pub fn bench_encoder(mode: Mode, iters: usize) -> Result<EncoderBenchReport> {
     bench_encoder_with(
         &VisionConfig::default(),
@@ -198,7 +317,7 @@ pub fn bench_encoder(mode: Mode, iters: usize) -> Result<EncoderBenchReport> {
     )
 }
 
-/// As [`bench_encoder`] for any config, dtype and device.
+/// As [`bench_encoder`] for any config, dtype and device (random weights).
 pub fn bench_encoder_with(
     cfg: &VisionConfig,
     mode: Mode,
@@ -206,37 +325,91 @@ pub fn bench_encoder_with(
     dtype: DType,
     device: &Device,
 ) -> Result<EncoderBenchReport> {
+    let opts = EncoderBenchOptions::new(mode, iters, dtype, device.clone());
+    Ok(run_with_config(cfg, &opts)?.report)
+}
+
+/// Runs the benchmark as `opts` says: the vision sizes come from the model directory's config.json when
+/// one is given, else the official ones.
+pub fn run(opts: &EncoderBenchOptions) -> Result<EncoderBenchRun> {
+    let cfg = match &opts.model {
+        Some(dir) => VisionConfig::from_config_json(&read_config_json(dir)?)?,
+        None => VisionConfig::default(),
+    };
+    run_with_config(&cfg, opts)
+}
+
+fn run_with_config(cfg: &VisionConfig, opts: &EncoderBenchOptions) -> Result<EncoderBenchRun> {
+    let (dtype, device) = (opts.dtype, &opts.device);
     let t0 = Instant::now();
-    let weights = random_vision_weights(cfg, dtype, device)?;
-    let params = weights.values().map(Tensor::elem_count).sum();
-    let encoder = DeepEncoder::new(cfg, VarBuilder::from_tensors(weights, dtype, device))?;
+    let (encoder, weights) = match &opts.model {
+        Some(dir) => {
+            let vb = load_safetensors_mmap(dir, dtype, device)?;
+            (DeepEncoder::new(cfg, vb)?, dir.display().to_string())
+        }
+        None => {
+            let map = random_vision_weights(cfg, dtype, device)?;
+            let vb = VarBuilder::from_tensors(map, dtype, device);
+            (DeepEncoder::new(cfg, vb)?, "random".to_string())
+        }
+    };
+    let params = vision_tensor_shapes(cfg)
+        .iter()
+        .map(|(_, s)| s.iter().product::<usize>())
+        .sum();
+    device.synchronize()?;
     let build_s = t0.elapsed().as_secs_f64();
-    let page = synthetic_page(1191, 1684)?;
-    let iters = iters.max(1);
-    let (mut pre, mut enc, mut enc_min, mut tokens) = (0.0, 0.0, f64::INFINITY, 0);
-    for _ in 0..iters {
+    let page = match &opts.image {
+        Some(img) => img.clone(),
+        None => synthetic_page(1191, 1684)?,
+    };
+    let iters = opts.iters.max(1);
+    let (mut pre, mut enc, mut enc_min) = (0.0, 0.0, f64::INFINITY);
+    let mut first = None;
+    for i in 0..opts.warmup + iters {
         let t = Instant::now();
-        let prepared = preprocess::prepare(&page, mode)?;
-        pre += t.elapsed().as_secs_f64();
+        let prepared = preprocess::prepare(&page, opts.mode)?;
+        let pre_dt = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let out = encoder.encode(&prepared)?;
+        let (sequence, projector_out) = encoder.encode_with_global(&prepared)?;
         // Reading a value forces asynchronous devices to finish before the clock stops.
-        out.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        sequence
+            .sum_all()?
+            .to_dtype(DType::F32)?
+            .to_scalar::<f32>()?;
         let dt = t.elapsed().as_secs_f64();
-        enc += dt;
-        enc_min = enc_min.min(dt);
-        tokens = out.dim(0)?;
+        if i >= opts.warmup {
+            pre += pre_dt;
+            enc += dt;
+            enc_min = enc_min.min(dt);
+        }
+        if first.is_none() {
+            first = Some((sequence, projector_out, prepared.global_view));
+        }
     }
-    Ok(EncoderBenchReport {
-        mode,
+    let (sequence, projector_out, global_view) = first.ok_or_else(|| ModelError::Input {
+        reason: "no page was encoded".into(),
+    })?;
+    let report = EncoderBenchReport {
+        mode: opts.mode,
         iters,
+        warmup: opts.warmup,
+        weights,
         params,
-        tokens,
+        tokens: sequence.dim(0)?,
         build_s,
         preprocess_s: pre / iters as f64,
         encode_mean_s: enc / iters as f64,
         encode_min_s: enc_min,
         peak_rss_bytes: peak_rss_bytes(),
+        device: device_name(device),
+        dtype,
+    };
+    Ok(EncoderBenchRun {
+        report,
+        sequence,
+        projector_out,
+        global_view,
     })
 }
 

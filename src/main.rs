@@ -5,8 +5,11 @@ mod cli;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use optimem::model::Mode;
+use optimem::bench_decoder::DecoderBenchOptions;
+use optimem::bench_encoder::EncoderBenchOptions;
+use optimem::model::{Image8, Mode};
 use optimem_renderer::{LayoutConfig, Tier};
 
 #[derive(Parser)]
@@ -131,19 +134,55 @@ struct OcrArgs {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// DeepEncoder pages/s and peak memory with official-size random weights on this machine's device.
+    /// DeepEncoder pages/s and peak memory on this machine's device (CUDA bf16 when built with it, else CPU f32),
+    /// with official-size random weights or a model directory's; optionally dumps the outputs for parity checks.
     Encoder {
         #[arg(long, default_value = "base")]
         mode: Mode,
         #[arg(long, default_value_t = 3)]
         iters: usize,
+        /// Untimed pages before timing (default: 1 on CUDA, 0 on CPU).
+        #[arg(long)]
+        warmup: Option<usize>,
+        /// Model directory (config.json + *.safetensors, official layout) to load the vision weights from
+        /// (default: official-size random weights).
+        #[arg(long, value_name = "DIR")]
+        model: Option<PathBuf>,
+        /// PNG or JPEG page to encode (default: a synthetic 1191x1684 page).
+        #[arg(long, value_name = "FILE")]
+        image: Option<PathBuf>,
+        /// Write the first page's `sequence` [N, n_embed] and `projector_out` (f32) and `global_view` (u8) to this
+        /// safetensors file.
+        #[arg(long, value_name = "FILE")]
+        dump: Option<PathBuf>,
+        /// Print the report as one JSON object on stdout (the readable report goes to stderr).
+        #[arg(long)]
+        json: bool,
     },
-    /// MoE decoder prefill time and batch-1 decode tokens/s with official-size random weights; KV-cache bytes per 1,000 tokens.
+    /// MoE decoder prefill time and batch-1 decode tokens/s with official-size random weights or a model directory's;
+    /// KV-cache bytes per 1,000 tokens; optionally dumps the prefill outputs for parity checks.
     Decoder {
         #[arg(long, default_value_t = 1000)]
         prompt_tokens: usize,
         #[arg(long, default_value_t = 64)]
         decode_tokens: usize,
+        /// Untimed prefill + decode runs before timing.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Model directory (config.json + *.safetensors, official layout) to load the decoder from (default:
+        /// official-size random weights).
+        #[arg(long, value_name = "DIR")]
+        model: Option<PathBuf>,
+        /// Seed of the prompt ids (drawn in the vocabulary; written to the dump).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Write `ids` (i64 [T]), `hidden` (final-norm output, f32 [T, hidden]), `logits_last` (f32 [8, vocab]) and
+        /// `decoded` (i64, the greedy tokens) to this safetensors file.
+        #[arg(long, value_name = "FILE")]
+        dump: Option<PathBuf>,
+        /// Print the report as one JSON object on stdout (the readable report goes to stderr).
+        #[arg(long)]
+        json: bool,
     },
     /// Raster pages/s per core at each tier, against Pillow drawing the same lines.
     Render {
@@ -196,24 +235,72 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cli::render::render_stream(a.tier, layout, a.all_pages)
         }
         Command::Ocr(a) => cli::ocr::ocr(&a.image, &a.model, a.mode, &a.prompt, a.max_new_tokens),
-        Command::Bench(BenchCommand::Encoder { mode, iters }) => {
+        Command::Bench(BenchCommand::Encoder {
+            mode,
+            iters,
+            warmup,
+            model,
+            image,
+            dump,
+            json,
+        }) => {
             anyhow::ensure!(iters > 0, "--iters must be at least 1");
-            println!("{}", optimem::bench_encoder::bench_encoder(mode, iters)?);
+            let (device, dtype) = cli::ocr::device()?;
+            let warmup = warmup.unwrap_or(usize::from(device.is_cuda()));
+            let mut opts = EncoderBenchOptions::new(mode, iters, dtype, device);
+            opts.warmup = warmup;
+            if let Some(path) = &image {
+                let bytes =
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                opts.image = Some(
+                    Image8::decode(&bytes)
+                        .with_context(|| format!("decoding {}", path.display()))?,
+                );
+            }
+            opts.model = model;
+            let run = optimem::bench_encoder::run(&opts).with_context(|| match &opts.model {
+                Some(dir) => format!("encoder bench with the weights in {}", dir.display()),
+                None => "encoder bench with random weights".into(),
+            })?;
+            if let Some(path) = &dump {
+                run.save_dump(path)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            print_report(&run.report, &run.report.to_json(), json);
             Ok(())
         }
         Command::Bench(BenchCommand::Decoder {
             prompt_tokens,
             decode_tokens,
+            warmup,
+            model,
+            seed,
+            dump,
+            json,
         }) => {
             anyhow::ensure!(
                 prompt_tokens > 0 && decode_tokens > 0,
                 "--prompt-tokens and --decode-tokens must be at least 1"
             );
             let (device, dtype) = cli::ocr::device()?;
-            let mut opts = optimem::bench_decoder::DecoderBenchOptions::official(dtype, device)?;
+            let mut opts = match &model {
+                Some(dir) => DecoderBenchOptions::from_model_dir(dir, dtype, device)
+                    .with_context(|| format!("reading the config in {}", dir.display()))?,
+                None => DecoderBenchOptions::official(dtype, device)?,
+            };
             opts.prompt_tokens = prompt_tokens;
             opts.decode_tokens = decode_tokens;
-            print!("{}", optimem::bench_decoder::run(&opts)?);
+            opts.warmup = warmup;
+            opts.seed = seed;
+            let run = optimem::bench_decoder::run(&opts).with_context(|| match &model {
+                Some(dir) => format!("decoder bench with the weights in {}", dir.display()),
+                None => "decoder bench with random weights".into(),
+            })?;
+            if let Some(path) = &dump {
+                run.save_dump(path)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            print_report(&run.report, &run.report.to_json(), json);
             Ok(())
         }
         Command::Bench(BenchCommand::Render {
@@ -251,6 +338,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             max_new_tokens: a.max_new_tokens,
             tokenizer: a.tokenizer,
         }),
+    }
+}
+
+/// The readable report on stdout, or with `json` the JSON object alone on stdout and the readable report on stderr.
+fn print_report(report: &impl std::fmt::Display, value: &serde_json::Value, json: bool) {
+    if json {
+        eprintln!("{report}");
+        println!("{value}");
+    } else {
+        println!("{report}");
     }
 }
 

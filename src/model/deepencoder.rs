@@ -106,13 +106,20 @@ impl DeepEncoder {
 
     /// Encodes a prepared image into its embedding sequence `[N, n_embed]`, N = `layout().num_tokens()`.
     pub fn encode(&self, image: &PreparedImage) -> Result<Tensor> {
+        Ok(self.encode_with_global(image)?.0)
+    }
+
+    /// As [`Self::encode`], also returning the global view's projector output `[1, q², n_embed]`
+    /// (before the layout), which parity dumps compare stage by stage at no extra cost.
+    pub fn encode_with_global(&self, image: &PreparedImage) -> Result<(Tensor, Tensor)> {
         let _enter = self.span.enter();
         let global = self.encode_views(&image.global_pixels(self.dtype, &self.device)?)?;
         let local = match image.tile_pixels(self.dtype, &self.device)? {
             Some(px) => Some(self.encode_views(&px)?),
             None => None,
         };
-        self.assemble(&self.layout(image), &global, local.as_ref())
+        let sequence = self.assemble(&self.layout(image), &global, local.as_ref())?;
+        Ok((sequence, global))
     }
 
     /// Lays out projected view tokens: `global` `[1, q², E]`, `local` `[nW·nH, q_t², E]` (row-major tiles).

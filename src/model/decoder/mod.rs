@@ -226,7 +226,7 @@ impl DeepseekOcrDecoder {
         cache: &mut KvCache,
     ) -> Result<Tensor, ModelError> {
         let hidden = self.hidden_states(embeds, cache)?;
-        Ok(self.lm_head.forward(&hidden)?.to_dtype(DType::F32)?)
+        self.logits(&hidden)
     }
 
     /// Like [`Self::forward_embeds`] but only the last position's logits, `[B, vocab]` in f32: what
@@ -239,11 +239,21 @@ impl DeepseekOcrDecoder {
         let hidden = self.hidden_states(embeds, cache)?;
         let t = hidden.dim(1)?;
         let last = hidden.narrow(1, t - 1, 1)?.squeeze(1)?;
-        Ok(self.lm_head.forward(&last)?.to_dtype(DType::F32)?)
+        self.logits(&last)
     }
 
-    /// The final-normed hidden states `[B, T, hidden]`; advances `cache` by T.
-    fn hidden_states(&self, embeds: &Tensor, cache: &mut KvCache) -> Result<Tensor, ModelError> {
+    /// The LM head on hidden states (`[.., hidden]` as [`Self::hidden_states`] returns them): logits in f32.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
+        Ok(self.lm_head.forward(hidden)?.to_dtype(DType::F32)?)
+    }
+
+    /// The final-normed hidden states `[B, T, hidden]` (the LM head's input); advances `cache` by T.
+    /// Public for parity dumps, which compare them with the reference's `last_hidden_state`.
+    pub fn hidden_states(
+        &self,
+        embeds: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<Tensor, ModelError> {
         let _span = tracing::trace_span!("decoder", t = embeds.dims().get(1).copied().unwrap_or(0))
             .entered();
         let (b, t, h) = embeds.dims3().map_err(|_| ModelError::Input {
