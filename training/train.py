@@ -56,7 +56,7 @@ def parse_args():
     ap.add_argument("--min-lr-frac", type=float, default=0.1)
     ap.add_argument("--warmup", type=int, default=150)
     ap.add_argument("--wd", type=float, default=0.05)
-    ap.add_argument("--aux-weight", type=float, default=0.02)
+    ap.add_argument("--aux-weight", type=float, default=0.3)
     ap.add_argument("--aux-buckets", type=int, default=256)
     ap.add_argument("--workers", type=int, default=12)
     ap.add_argument("--batch-tiny", type=int, default=64)
@@ -82,15 +82,30 @@ def parse_args():
     return ap.parse_args()
 
 
+class AuxHead(nn.Module):
+    """Training-only probe of the vision tokens: LayerNorm then Linear → per-cell character-class logits.
+
+    The LayerNorm matters: projector outputs grow to an rms of 20–60 during training (r1, r3), and a bare linear
+    head on them learnt little (r3: recall of the cell's characters 0.64 vs 0.59 for another page's tokens)."""
+
+    def __init__(self, n_embed: int, n_classes: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(n_embed)
+        self.linear = nn.Linear(n_embed, n_classes)
+        nn.init.normal_(self.linear.weight, std=n_embed ** -0.5)
+        nn.init.constant_(self.linear.bias, -4.0)
+
+    def forward(self, x):
+        return self.linear(self.norm(x))
+
+
 class Trainer(nn.Module):
     """The exported model plus the training-only auxiliary head over the projector outputs."""
 
     def __init__(self, model: nn.Module, n_embed: int, n_classes: int):
         super().__init__()
         self.model = model
-        self.aux_head = nn.Linear(n_embed, n_classes)
-        nn.init.normal_(self.aux_head.weight, std=n_embed ** -0.5)
-        nn.init.constant_(self.aux_head.bias, -4.0)
+        self.aux_head = AuxHead(n_embed, n_classes)
 
     def forward(self, input_ids, pixel_values, images_seq_mask, labels):
         out = self.model(input_ids, pixel_values=pixel_values, images_seq_mask=images_seq_mask, labels=labels,
@@ -125,6 +140,26 @@ def aux_loss(logits: torch.Tensor, aux_idx: torch.Tensor) -> torch.Tensor:
     tgt.scatter_(1, aux_idx.clamp(min=0), valid.float())
     loss = F.binary_cross_entropy_with_logits(logits.float().reshape(b, -1), tgt, reduction="sum")
     return loss / (b * cells)
+
+
+def aux_dense(flat: list, shape) -> torch.Tensor:
+    """Per-page flat auxiliary indices (cell * C + class) → dense 0/1 targets [B, cells, C]."""
+    b, cells, c = shape
+    t = torch.zeros(b, cells * c)
+    for i, a in enumerate(flat):
+        if len(a):
+            t[i, torch.from_numpy(a)] = 1.0
+    return t.reshape(b, cells, c)
+
+
+def aux_recall(logits: torch.Tensor, tgt: torch.Tensor) -> float:
+    """Recall@k of the auxiliary head: per cell with k characters present, the share of them among its k
+    highest-scoring classes, pooled over cells."""
+    tgt = tgt.to(logits.device)
+    k = tgt.sum(-1, keepdim=True)
+    rank = logits.argsort(-1, descending=True).argsort(-1).float()
+    hits = ((rank < k) & (tgt > 0)).sum()
+    return float(hits) / max(1.0, float(k.sum()))
 
 
 def parse_max_chars(spec: str):
@@ -205,7 +240,11 @@ def main():
     elif args.resume:
         aux_path = args.resume_aux or os.path.join(args.resume, "aux_head.pt")
         if os.path.exists(aux_path):
-            trainer.aux_head.load_state_dict({k: v.float() for k, v in torch.load(aux_path, map_location="cpu").items()})
+            sd = {k: v.float() for k, v in torch.load(aux_path, map_location="cpu").items()}
+            try:
+                trainer.aux_head.load_state_dict(sd)
+            except RuntimeError:  # a head of an earlier layout (bare Linear): start a fresh one
+                print(f"auxiliary head in {aux_path} has another layout; starting a new one", flush=True)
         summ = args.resume_summary or os.path.join(args.resume, "summary.json")
         if os.path.exists(summ):  # totals so far (an exported folder carries no optimizer state)
             with open(summ, encoding="utf-8") as f:
@@ -287,11 +326,17 @@ def main():
                 imgs, tg = E.stack_pages(pages, dev)
                 q = D.TIER_PX[tier.split("/")[0]] // D.CELL_PX
                 ids, mask, labels = build_inputs(tg, q * (q + 1) + 1, prompt_ids, image_id, eos)
-                real = model(ids, pixel_values=pixels(imgs), images_seq_mask=mask, labels=labels, return_logits=False).loss
+                out = model(ids, pixel_values=pixels(imgs), images_seq_mask=mask, labels=labels, return_logits=False)
+                real = out.loss
                 blank = model(ids, pixel_values=pixels(torch.full_like(imgs, 255)), images_seq_mask=mask, labels=labels,
                               return_logits=False).loss
+                lg = trainer.aux_head(out.vision_tokens).float()
+                tgt = aux_dense([D.aux_targets(p[0], classes) for p in pages], lg.shape)
                 res[tier] = {"real": round(float(real), 4), "blank": round(float(blank), 4),
-                             "gap": round(float(blank - real), 4)}
+                             "gap": round(float(blank - real), 4),
+                             # does the encoder see which characters are in each cell? own page vs another page's
+                             "aux_recall": round(aux_recall(lg, tgt), 4),
+                             "aux_recall_other": round(aux_recall(lg.roll(1, 0), tgt), 4)}
         trainer.train()
         return res
 

@@ -65,5 +65,6 @@ export CUDA_HOME CUDA_PATH="$CUDA_HOME" PATH="$CUDA_HOME/bin:$PATH" CUDA_COMPUTE
 export LIBRARY_PATH="$CUDA_HOME/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
 cargo build --release --features cuda --bin optimem
 cp target/release/optimem "$C/optimem"
-xz -T0 -6 -kf "$C/optimem"
+strip -o "$C/optimem.stripped" "$C/optimem"
+xz -T0 -6 -c "$C/optimem.stripped" > "$C/optimem.xz"
 ls -l "$C/optimem" "$C/optimem.xz"
