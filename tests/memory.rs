@@ -1,6 +1,6 @@
 //! Remember / Recall / Age / Forget / Stats end to end on the random-weight fixture model and a sled store on disk:
 //! every recall mode, filling the last page, ageing down (never up), forgetting, stats, scope isolation, typed errors
-//! that leave the store unchanged, and the engine's bounded queue.
+//! that leave the store unchanged, the engine's bounded queue, and re-encoding after a model change.
 
 mod common;
 
@@ -9,13 +9,16 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device};
 use optimem::engine::{Engine, EngineConfig, EngineError};
+use optimem::memory::policy::from_store;
 use optimem::memory::{
     Budget, ErrorCode, Forget, Memory, MemoryConfig, MemoryError, Message, RecallMode, Recalled,
     Selector, StreamEvent, TierPolicy,
 };
 use optimem::model::generate::Control;
 use optimem_renderer::{GrayImage, Tier};
-use optimem_store::{OpenOptions, Scope, SledStore, Store};
+use optimem_store::{
+    OpenOptions, PageParts, PageSelector, Scope, SledStore, Store, TokenDtype, VisionTokens,
+};
 
 struct Fixture {
     _tmp: tempfile::TempDir,
@@ -498,4 +501,105 @@ fn a_full_queue_is_busy_not_a_hang() {
     assert_eq!(waiting.join().expect("thread").expect("count"), 3);
     m.remember(&s, &[msg("user", "hello")])
         .expect("after the burst");
+}
+
+#[test]
+fn a_stopped_age_moves_nothing_and_the_next_run_does() {
+    // Without sources each Remember starts a page, so the older one waits at Small for an Age.
+    let f = fixture(4, false);
+    let m = memory(&f, small_then_tiny());
+    let s = scope("jack");
+    for text in ["one", "two"] {
+        m.remember(&s, &[msg("user", text)]).expect("remember");
+    }
+    let before = f.store.list_pages(&s).expect("pages");
+    let stopped = m
+        .age_until(None, &AtomicBool::new(true))
+        .expect("stopped age");
+    assert!(stopped.stopped && stopped.aged.is_empty(), "{stopped:?}");
+    assert_eq!(f.store.list_pages(&s).expect("pages"), before);
+    let done = m.age_until(None, &AtomicBool::new(false)).expect("age");
+    assert!(!done.stopped);
+    assert_eq!(done.aged.len(), 1);
+    assert_eq!(
+        (done.aged[0].from, done.aged[0].to),
+        (Tier::Small, Tier::Tiny)
+    );
+}
+
+#[test]
+fn reencoding_after_a_model_change_restamps_each_page_from_its_raster() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = Arc::new(common::server::engine_in(tmp.path(), "model-a", 4));
+    let b = Arc::new(common::server::engine_in(tmp.path(), "model-b", 4));
+    assert_ne!(a.model_id(), b.model_id());
+    let db = tmp.path().join("db");
+    let s = scope("ivy");
+    let written = {
+        let store = Arc::new(SledStore::open(&db, OpenOptions::new(a.model_id())).expect("store"));
+        let m = Memory::new(store.clone(), a.clone(), config(small_then_tiny())).expect("memory");
+        m.remember(&s, &[msg("user", &long_text(4))])
+            .expect("remember");
+        store
+            .get_pages(&s, &PageSelector::LastN(10), PageParts::ALL)
+            .expect("pages")
+    };
+    assert!(written.len() >= 2);
+
+    let store = Arc::new(SledStore::open(&db, OpenOptions::new(b.model_id())).expect("reopen"));
+    let report = store.open_report().clone();
+    assert_eq!(report.previous_model_id.as_deref(), Some(a.model_id()));
+    assert_eq!(report.stale_pages, written.len() as u64);
+    let m = Memory::new(store.clone(), b.clone(), config(small_then_tiny())).expect("memory");
+    // Another model's tokens are refused, not fed to this decoder.
+    for mode in [RecallMode::Embeddings, RecallMode::Optical] {
+        let err = m
+            .recall(&s, &Selector::LastPages(1), mode, Budget::default())
+            .expect_err("stale");
+        assert_eq!(err.code(), ErrorCode::FailedPrecondition, "{err}");
+    }
+    // A run stopped before its first page changes nothing.
+    let stopped = m.reencode_stale(&AtomicBool::new(true)).expect("stopped");
+    assert!(stopped.stopped && stopped.reencoded.is_empty());
+    assert_eq!(store.stale_pages(None).expect("stale").len(), written.len());
+
+    let done = m.reencode_stale(&AtomicBool::new(false)).expect("reencode");
+    assert!(!done.stopped);
+    assert_eq!(done.reencoded.len(), written.len());
+    let now = store
+        .get_pages(&s, &PageSelector::LastN(10), PageParts::ALL)
+        .expect("pages");
+    for (old, new) in written.iter().zip(&now) {
+        assert_eq!(new.meta.model_id, b.model_id());
+        assert_eq!(new.meta.generation, old.meta.generation + 1);
+        assert_eq!(
+            (new.meta.id, new.meta.tier, &new.meta.spans, &new.raster_png),
+            (old.meta.id, old.meta.tier, &old.meta.spans, &old.raster_png)
+        );
+        // The new tokens are model B's encoding of the stored raster at the page's own tier.
+        let raster = GrayImage::from_png(new.raster_png.as_deref().expect("raster")).expect("png");
+        let enc = b
+            .encode(&raster, from_store(new.meta.tier))
+            .expect("encode");
+        let want = VisionTokens::from_f32(
+            &enc.values,
+            vec![enc.rows as u32, enc.cols as u32],
+            TokenDtype::F16,
+        )
+        .expect("tokens");
+        assert_eq!(new.tokens.as_ref(), Some(&want));
+    }
+    assert!(
+        m.reencode_stale(&AtomicBool::new(false))
+            .expect("again")
+            .reencoded
+            .is_empty()
+    );
+    m.recall(
+        &s,
+        &Selector::LastPages(1),
+        RecallMode::Embeddings,
+        Budget::default(),
+    )
+    .expect("fresh tokens");
 }

@@ -1,15 +1,28 @@
 //! `optimem serve`: loads the model and the store, then serves `optimem.v1.Memory` (with health and reflection) until
-//! Ctrl-C or SIGTERM, finishing in-flight requests and flushing the store before exiting.
+//! Ctrl-C or SIGTERM, finishing in-flight requests and flushing the store before exiting. Ages the store in the
+//! background every `--age-every`, and after a model change re-encodes the store's pages from their rasters (or, with
+//! `--on-model-change refuse`, will not start).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use optimem::engine::{DEFAULT_QUEUE, Engine, EngineConfig};
 use optimem::memory::{Limits, Memory, MemoryConfig};
 use optimem::service::{AuthToken, ServerConfig};
-use optimem_store::{OpenOptions, SledStore};
+use optimem_store::{OnModelMismatch, OpenOptions, SledStore, StoreError};
+
+/// What to do with a store whose pages another model encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnModelChange {
+    /// Start, and re-encode the stale pages from their stored rasters in the background (one atomic write per page;
+    /// until its turn, a stale page answers OPTICAL and EMBEDDINGS recalls with FAILED_PRECONDITION).
+    Reencode,
+    /// Refuse to start, naming both models.
+    Refuse,
+}
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -40,6 +53,12 @@ pub struct ServeArgs {
     /// Model jobs that may wait while one runs; beyond it requests get RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = DEFAULT_QUEUE)]
     queue: usize,
+    /// Age the whole store in the background this often (e.g. 10m, 1h); 0 turns it off (clients may still call Age).
+    #[arg(long, default_value = "10m", value_parser = super::parse_duration)]
+    age_every: Duration,
+    /// When the store's pages were encoded by another model than --model.
+    #[arg(long, value_enum, default_value_t = OnModelChange::Reencode)]
+    on_model_change: OnModelChange,
 }
 
 pub fn serve(a: ServeArgs) -> Result<()> {
@@ -54,8 +73,36 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     let (device, dtype) = super::ocr::device()?;
     let engine = Engine::load(&a.model, &device, dtype, EngineConfig { queue: a.queue })
         .with_context(|| format!("loading the model in {}", a.model.display()))?;
-    let store = SledStore::open(&a.data, OpenOptions::new(engine.model_id()))
-        .with_context(|| format!("opening the store in {}", a.data.display()))?;
+    let opts = OpenOptions {
+        on_model_mismatch: match a.on_model_change {
+            OnModelChange::Reencode => OnModelMismatch::Reencode,
+            OnModelChange::Refuse => OnModelMismatch::Refuse,
+        },
+        ..OpenOptions::new(engine.model_id())
+    };
+    let store = match SledStore::open(&a.data, opts) {
+        Ok(s) => s,
+        Err(StoreError::ModelMismatch { stored, requested }) => bail!(
+            "the store in {} holds vision tokens of model {stored:?}, and --model {} is {requested:?}: start with \
+             --on-model-change reencode to re-encode its pages from their rasters, or point --model at {stored:?}",
+            a.data.display(),
+            a.model.display()
+        ),
+        Err(e) => {
+            return Err(e).with_context(|| format!("opening the store in {}", a.data.display()));
+        }
+    };
+    let report = store.open_report();
+    if report.stale_pages > 0 {
+        eprintln!(
+            "optimem: {} page(s) hold tokens of {}; re-encoding them from their rasters in the background",
+            report.stale_pages,
+            report
+                .previous_model_id
+                .as_deref()
+                .map_or_else(|| "another model".to_owned(), |m| format!("model {m:?}"))
+        );
+    }
     let cfg = MemoryConfig {
         limits: Limits {
             max_messages: a.max_messages,
@@ -71,6 +118,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     let config = ServerConfig {
         max_message_bytes: a.max_message_bytes,
         auth_token,
+        age_every: (!a.age_every.is_zero()).then_some(a.age_every),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

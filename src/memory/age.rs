@@ -1,9 +1,19 @@
 //! Age: "near sharp, far blurry". Each page whose recency rank now calls for a less sharp tier is moved down: its
 //! stored raster is downsampled to the lower tier's size (the same layout, optically blurred), re-encoded at that
 //! tier, and its tier, raster and tokens replaced in one atomic `update_page`. Pages never move up.
+//!
+//! Re-encoding after a model change lives here too: a page whose tokens another model made is encoded again from its
+//! stored raster at its own tier, in the same kind of atomic `update_page` (DESIGN.md §4).
+//!
+//! Both run page by page and can be stopped between pages (a server shutting down): every page is either moved or
+//! left as it was, and the next run picks up the rest.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use optimem_renderer::{GrayImage, Tier, downsample};
-use optimem_store::{PageId, PageParts, PageSelector, PageUpdate, Scope, StoreError, VisionTokens};
+use optimem_store::{
+    PageId, PageMeta, PageParts, PageSelector, PageUpdate, Scope, StoreError, VisionTokens,
+};
 
 use super::policy::{from_store, sharpness, to_store};
 use super::{Memory, MemoryError, Result};
@@ -25,23 +35,110 @@ pub struct AgeReport {
     pub aged: Vec<Aged>,
     /// Pages changed by someone else while being aged (left for the next run).
     pub skipped: usize,
+    /// True when the run was stopped before it had looked at every page.
+    pub stopped: bool,
+}
+
+/// What a re-encoding run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReencodeReport {
+    /// Pages whose tokens were made again by the loaded model.
+    pub reencoded: Vec<PageId>,
+    /// Pages changed or forgotten by someone else meanwhile (a changed page was re-encoded by that change, or is
+    /// left for the next run).
+    pub skipped: usize,
+    /// True when the run was stopped before it had looked at every stale page.
+    pub stopped: bool,
 }
 
 impl Memory {
     /// Ages one scope, or every scope of the store.
     pub fn age(&self, scope: Option<&Scope>) -> Result<AgeReport> {
+        self.age_until(scope, &AtomicBool::new(false))
+    }
+
+    /// Ages like [`Memory::age`], checking `stop` before each page: a stopped run has moved some pages and left the
+    /// others as they were.
+    pub fn age_until(&self, scope: Option<&Scope>, stop: &AtomicBool) -> Result<AgeReport> {
         let scopes = match scope {
             Some(s) => vec![s.clone()],
             None => self.store.list_scopes()?,
         };
         let mut report = AgeReport::default();
         for scope in &scopes {
-            self.age_scope(scope, &mut report)?;
+            self.age_scope(scope, stop, &mut report)?;
+            if report.stopped {
+                break;
+            }
         }
         Ok(report)
     }
 
-    fn age_scope(&self, scope: &Scope, report: &mut AgeReport) -> Result<()> {
+    /// Re-encodes, from their stored rasters and at their own tiers, the pages whose tokens another model made (after
+    /// the store was opened by a new model with `OnModelMismatch::Reencode`), one atomic page update each. Checks
+    /// `stop` before each page. A full engine queue ends the run with `Busy`; what was done stays done.
+    #[tracing::instrument(name = "reencode", skip_all)]
+    pub fn reencode_stale(&self, stop: &AtomicBool) -> Result<ReencodeReport> {
+        let mut report = ReencodeReport::default();
+        for (scope, meta) in self.store.stale_pages(None)? {
+            if stop.load(Ordering::Relaxed) {
+                report.stopped = true;
+                break;
+            }
+            let Some(png) = self.raster_of(&scope, &meta)? else {
+                report.skipped += 1;
+                continue;
+            };
+            let tier = from_store(meta.tier);
+            let update = self.encoded_update(&GrayImage::from_png(&png)?, tier, png)?;
+            match self
+                .store
+                .update_page(&scope, meta.id, meta.generation, update)
+            {
+                Ok(_) => report.reencoded.push(meta.id),
+                Err(StoreError::Conflict(_) | StoreError::NotFound(_)) => report.skipped += 1,
+                Err(e) => return Err(MemoryError::from(e)),
+            }
+        }
+        Ok(report)
+    }
+
+    /// A page's stored raster; `None` when the page was forgotten meanwhile.
+    fn raster_of(&self, scope: &Scope, meta: &PageMeta) -> Result<Option<Vec<u8>>> {
+        let parts = PageParts {
+            raster: true,
+            ..PageParts::NONE
+        };
+        match self
+            .store
+            .get_pages(scope, &PageSelector::Ids(vec![meta.id]), parts)
+        {
+            Ok(mut p) => Ok(p.pop().and_then(|p| p.raster_png)),
+            Err(StoreError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `raster` (whose PNG is `png`) encoded at `tier`, as the update that stores it.
+    fn encoded_update(&self, raster: &GrayImage, tier: Tier, png: Vec<u8>) -> Result<PageUpdate> {
+        let enc = {
+            let _span = tracing::info_span!("encode", tier = %tier).entered();
+            self.engine.encode(raster, tier)?
+        };
+        let tokens = VisionTokens::from_f32(
+            &enc.values,
+            vec![enc.rows as u32, enc.cols as u32],
+            self.cfg.token_dtype,
+        )?;
+        Ok(PageUpdate {
+            tier: to_store(tier),
+            vision_tokens: enc.vision_tokens,
+            raster_png: png,
+            tokens,
+        })
+    }
+
+    fn age_scope(&self, scope: &Scope, stop: &AtomicBool, report: &mut AgeReport) -> Result<()> {
         let metas = self.store.list_pages(scope)?;
         let n = metas.len();
         for (i, meta) in metas.iter().enumerate() {
@@ -50,36 +147,17 @@ impl Memory {
             if sharpness(to) >= sharpness(from) {
                 continue;
             }
-            let parts = PageParts {
-                raster: true,
-                ..PageParts::NONE
-            };
-            let page = match self
-                .store
-                .get_pages(scope, &PageSelector::Ids(vec![meta.id]), parts)
-            {
-                Ok(mut p) => p.pop(),
-                // Forgotten meanwhile: nothing to age.
-                Err(StoreError::NotFound(_)) => None,
-                Err(e) => return Err(e.into()),
-            };
-            let Some(png) = page.and_then(|p| p.raster_png) else {
+            if stop.load(Ordering::Relaxed) {
+                report.stopped = true;
+                return Ok(());
+            }
+            let Some(png) = self.raster_of(scope, meta)? else {
                 report.skipped += 1;
                 continue;
             };
             let raster = downsample(&GrayImage::from_png(&png)?, to)?;
-            let enc = self.engine.encode(&raster, to)?;
-            let tokens = VisionTokens::from_f32(
-                &enc.values,
-                vec![enc.rows as u32, enc.cols as u32],
-                self.cfg.token_dtype,
-            )?;
-            let update = PageUpdate {
-                tier: to_store(to),
-                vision_tokens: enc.vision_tokens,
-                raster_png: raster.to_png()?,
-                tokens,
-            };
+            let png = raster.to_png()?;
+            let update = self.encoded_update(&raster, to, png)?;
             match self
                 .store
                 .update_page(scope, meta.id, meta.generation, update)

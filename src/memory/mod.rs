@@ -6,7 +6,8 @@
 //! - [`policy`]: [`TierPolicy`], "near sharp, far blurry".
 //! - [`remember`]: chat messages → pages (filling the scope's last page first) → vision tokens → one atomic write.
 //! - [`recall`]: selectors, budgets and the four modes (OPTICAL streaming), in time order.
-//! - [`age`]: moving old pages down a tier; forget and stats live here in `mod.rs`.
+//! - [`age`]: moving old pages down a tier, and re-encoding pages another model made; forget and stats live here in
+//!   `mod.rs`.
 
 pub mod age;
 pub mod error;
@@ -20,7 +21,7 @@ use optimem_renderer::{LayoutConfig, Renderer};
 use optimem_store::{ForgetReport, MemoryId, Scope, Stats, Store, TokenDtype};
 
 use crate::engine::Engine;
-pub use age::{AgeReport, Aged};
+pub use age::{AgeReport, Aged, ReencodeReport};
 pub use error::{ErrorCode, MemoryError};
 pub use policy::TierPolicy;
 pub use recall::{Budget, RecallItem, RecallMode, Recalled, Selector, StreamEvent};

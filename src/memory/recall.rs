@@ -93,6 +93,7 @@ pub enum StreamEvent<'a> {
 
 impl Memory {
     /// Recalls pages of `scope` in time order; see the module doc.
+    #[tracing::instrument(name = "recall", skip_all, fields(scope = %scope, mode = ?mode))]
     pub fn recall(
         &self,
         scope: &Scope,
@@ -124,6 +125,9 @@ impl Memory {
             },
         };
         let pages = self.select(scope, selector, budget, parts)?;
+        if mode == RecallMode::Embeddings {
+            self.check_fresh(&pages)?;
+        }
         if mode == RecallMode::Exact
             && let Some(p) = pages.iter().find(|p| p.source.is_none())
         {
@@ -172,6 +176,7 @@ impl Memory {
             ..PageParts::NONE
         };
         let pages = self.select(scope, selector, budget, parts)?;
+        self.check_fresh(&pages)?;
         let mut out = Vec::with_capacity(pages.len());
         for p in pages {
             if cancel.load(Ordering::Relaxed)
@@ -184,6 +189,8 @@ impl Memory {
                 .as_ref()
                 .ok_or_else(|| missing(&p.meta, "tokens"))?;
             let (rows, cols) = (t.rows(), t.width());
+            let _span =
+                tracing::info_span!("decode", page = %p.meta.id, tier = ?p.meta.tier).entered();
             let decoded = self.engine.decode(
                 t.to_f32(),
                 rows,
@@ -205,6 +212,24 @@ impl Memory {
             });
         }
         Ok(out)
+    }
+
+    /// Refuses tokens another model made: the loaded decoder cannot read them (their width may not even match), and
+    /// they are re-encoded from their rasters in the background after a model change (`Memory::reencode_stale`).
+    fn check_fresh(&self, pages: &[Page]) -> Result<()> {
+        match pages
+            .iter()
+            .find(|p| p.meta.model_id != self.store.model_id())
+        {
+            Some(p) => Err(MemoryError::FailedPrecondition(format!(
+                "page {} holds vision tokens of model {:?}, not of the loaded {:?}: it is waiting to be re-encoded \
+                 from its raster; retry later, or recall it as EXACT or IMAGES",
+                p.meta.id,
+                p.meta.model_id,
+                self.store.model_id()
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// The selected pages within the budget (newest kept), in time order, with `parts` loaded.

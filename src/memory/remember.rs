@@ -64,6 +64,7 @@ const CONFLICT_ATTEMPTS: usize = 3;
 
 impl Memory {
     /// Remembers `messages` in `scope`; see the module doc.
+    #[tracing::instrument(name = "remember", skip_all, fields(scope = %scope, messages = messages.len()))]
     pub fn remember(&self, scope: &Scope, messages: &[Message]) -> Result<Remembered> {
         self.validate(messages)?;
         let now = now_ms();
@@ -201,6 +202,7 @@ impl Memory {
         let turns: Vec<Turn> = entries.iter().map(|e| e.turn.clone()).collect();
         let contents: Vec<&str> = turns.iter().map(|t| t.content.as_str()).collect();
 
+        let render_span = tracing::info_span!("render", messages = entries.len()).entered();
         let mut renderer = self
             .renderer
             .lock()
@@ -227,16 +229,23 @@ impl Memory {
             rendered.push((tier, raster, source, spans));
         }
         drop(renderer);
+        drop(render_span);
 
         let mut pages = Vec::with_capacity(rendered.len());
         for (tier, raster, source, spans) in rendered {
-            let enc = self.engine.encode(&raster, tier)?;
+            let enc = {
+                let _span = tracing::info_span!("encode", tier = %tier).entered();
+                self.engine.encode(&raster, tier)?
+            };
             let tokens = VisionTokens::from_f32(
                 &enc.values,
                 vec![enc.rows as u32, enc.cols as u32],
                 self.cfg.token_dtype,
             )?;
-            let text_tokens = self.engine.count_tokens(&source)? as u32;
+            let text_tokens = {
+                let _span = tracing::info_span!("count_tokens").entered();
+                self.engine.count_tokens(&source)? as u32
+            };
             pages.push(NewPage {
                 tier: to_store(tier),
                 text_tokens,

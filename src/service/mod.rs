@@ -5,7 +5,11 @@
 //! engine all block, and the reactor must stay free to accept and stream. Errors from the memory layer become a
 //! [`tonic::Status`] in one place ([`convert::status`]); requests over a configured limit are `RESOURCE_EXHAUSTED`.
 //! An OPTICAL recall whose client goes away (cancel, deadline, dropped stream) sets the decoder's cancel flag, so the
-//! model stops at the next token instead of decoding for nobody.
+//! model stops at the next token instead of decoding for nobody (and a decode still queued is skipped).
+//!
+//! Beside the requests, [`run`] keeps the store in shape on the same engine: at start it re-encodes pages another
+//! model made (after a model change), and every [`ServerConfig::age_every`] it ages the store. Both go page by page
+//! through the engine's queue, so requests interleave with them, and shutdown waits for the page in progress.
 //!
 //! # Layout
 //! - [`pb`]: the code generated from `proto/optimem/v1/memory.proto` (server and client) and its descriptor set.
@@ -18,9 +22,10 @@ mod convert;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
@@ -54,6 +59,9 @@ pub struct ServerConfig {
     /// When set, every `optimem.v1.Memory` call must carry `authorization: Bearer <token>` (health and reflection stay
     /// open, for probes and tooling).
     pub auth_token: Option<AuthToken>,
+    /// Period of the background ageing of the whole store ("near sharp, far blurry" kept without clients calling
+    /// `Age`); `None` leaves ageing to the `Age` call. The first run is one period after start.
+    pub age_every: Option<Duration>,
 }
 
 impl Default for ServerConfig {
@@ -62,9 +70,13 @@ impl Default for ServerConfig {
             // Room for the memory layer's default 4 MiB of content per Remember plus the protobuf framing around it.
             max_message_bytes: 8 * 1024 * 1024,
             auth_token: None,
+            age_every: None,
         }
     }
 }
+
+/// How long background maintenance waits before trying again after the engine's queue was full.
+const MAINTENANCE_RETRY: Duration = Duration::from_secs(1);
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +122,14 @@ pub async fn run(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, model = memory.engine().model_id(), "serving optimem.v1.Memory");
     }
+    let stop_maintenance = Arc::new(AtomicBool::new(false));
+    let (maintenance_shutdown, maintenance_stopped) = oneshot::channel();
+    let maintenance = tokio::spawn(maintain(
+        memory.clone(),
+        config.age_every,
+        stop_maintenance.clone(),
+        maintenance_stopped,
+    ));
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
@@ -122,7 +142,11 @@ pub async fn run(
                 .await;
         })
         .await?;
-    // The router (and every service clone) is gone; wait for blocking work still running.
+    // The router (and every service clone) is gone; wait for blocking work still running, and for maintenance to
+    // finish the page it is on.
+    stop_maintenance.store(true, Ordering::Relaxed);
+    let _ = maintenance_shutdown.send(());
+    maintenance.await?;
     let _ = done.recv().await;
     let store = memory.store().clone();
     tokio::task::spawn_blocking(move || store.flush())
@@ -229,9 +253,23 @@ impl pb::memory_server::Memory for MemoryService {
         let (tx, rx) = mpsc::channel(16);
         let memory = self.memory.clone();
         let guard = self.inflight.clone();
+        // The client's going away (cancel, deadline, dropped stream) drops `rx`: the watcher then sets the cancel
+        // flag at once, stopping a decode in its prefill or still in the queue, not only at the next text it sends.
+        // It lets go of its sender when the decoding is over, so the stream can end.
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (finished, decoding) = oneshot::channel::<()>();
+        let watched = tx.clone();
+        let flag = cancel.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = watched.closed() => flag.store(true, Ordering::Relaxed),
+                _ = decoding => {}
+            }
+        });
         tokio::task::spawn_blocking(move || {
             let _guard = guard;
-            stream_recall(&memory, &scope, &selector, budget, &tx);
+            let _finished = finished;
+            stream_recall(&memory, &scope, &selector, budget, cancel, &tx);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -277,6 +315,7 @@ fn stream_recall(
     scope: &optimem_store::Scope,
     selector: &crate::memory::Selector,
     budget: crate::memory::Budget,
+    cancel: Arc<AtomicBool>,
     tx: &mpsc::Sender<Result<pb::RecallChunk, Status>>,
 ) {
     let send = |chunk: pb::RecallChunk| tx.blocking_send(Ok(chunk)).is_ok();
@@ -285,32 +324,26 @@ fn stream_recall(
         ..Default::default()
     };
     let mut open = false;
-    let result = memory.recall_stream(
-        scope,
-        selector,
-        budget,
-        Arc::new(AtomicBool::new(false)),
-        |event| {
-            let sent = match event {
-                StreamEvent::Page(meta) => {
-                    (!std::mem::replace(&mut open, true) || send(done()))
-                        && send(pb::RecallChunk {
-                            page: Some(convert::page_info(meta)),
-                            ..Default::default()
-                        })
-                }
-                StreamEvent::Piece(text) => send(pb::RecallChunk {
-                    text: text.to_owned(),
-                    ..Default::default()
-                }),
-            };
-            if sent {
-                Control::Continue
-            } else {
-                Control::Stop
+    let result = memory.recall_stream(scope, selector, budget, cancel, |event| {
+        let sent = match event {
+            StreamEvent::Page(meta) => {
+                (!std::mem::replace(&mut open, true) || send(done()))
+                    && send(pb::RecallChunk {
+                        page: Some(convert::page_info(meta)),
+                        ..Default::default()
+                    })
             }
-        },
-    );
+            StreamEvent::Piece(text) => send(pb::RecallChunk {
+                text: text.to_owned(),
+                ..Default::default()
+            }),
+        };
+        if sent {
+            Control::Continue
+        } else {
+            Control::Stop
+        }
+    });
     match result {
         Ok(_) if open => {
             send(done());
@@ -322,4 +355,82 @@ fn stream_recall(
             let _ = tx.blocking_send(Err(convert::status(e)));
         }
     }
+}
+
+/// Background upkeep over the server's engine: re-encode the pages another model made (once, at start, retried while
+/// the engine is busy), and age the whole store every `age_every`. Blocking work runs on the blocking pool and checks
+/// `stop` between pages; `shutdown` ends the waiting in between.
+async fn maintain(
+    memory: Arc<Memory>,
+    age_every: Option<Duration>,
+    stop: Arc<AtomicBool>,
+    mut shutdown: oneshot::Receiver<()>,
+) {
+    use tokio::time::{Instant, sleep_until};
+    let mut reencode_due = Some(Instant::now());
+    let mut age_due = age_every.map(|d| Instant::now() + d);
+    while let Some(next) = reencode_due.into_iter().chain(age_due).min() {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            () = sleep_until(next) => {}
+        }
+        if reencode_due.is_some_and(|t| t <= Instant::now()) {
+            let (m, flag) = (memory.clone(), stop.clone());
+            let result = tokio::task::spawn_blocking(move || m.reencode_stale(&flag)).await;
+            reencode_due = match result {
+                Ok(Ok(r)) => {
+                    if !r.reencoded.is_empty() || r.skipped > 0 {
+                        tracing::info!(
+                            reencoded = r.reencoded.len(),
+                            skipped = r.skipped,
+                            "re-encoded pages of another model"
+                        );
+                    }
+                    // A stopped run is a shutdown; skipped pages were changed by a newer write (fresh tokens) or are
+                    // gone.
+                    None
+                }
+                Ok(Err(e)) if e.code() == crate::memory::ErrorCode::ResourceExhausted => {
+                    Some(Instant::now() + MAINTENANCE_RETRY)
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "re-encoding stale pages failed; retrying at the next ageing");
+                    age_every.map(|every| Instant::now() + every)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "re-encoding task failed");
+                    None
+                }
+            };
+        }
+        if let (Some(due), Some(every)) = (age_due, age_every)
+            && due <= Instant::now()
+        {
+            let (m, flag) = (memory.clone(), stop.clone());
+            let result = tokio::task::spawn_blocking(move || m.age_until(None, &flag)).await;
+            age_due = Some(match result {
+                Ok(Ok(r)) => {
+                    tracing::info!(
+                        aged = r.aged.len(),
+                        skipped = r.skipped,
+                        "background ageing"
+                    );
+                    Instant::now() + every
+                }
+                Ok(Err(e)) if e.code() == crate::memory::ErrorCode::ResourceExhausted => {
+                    Instant::now() + MAINTENANCE_RETRY.min(every)
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "background ageing failed");
+                    Instant::now() + every
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "background ageing task failed");
+                    Instant::now() + every
+                }
+            });
+        }
+    }
+    // Nothing scheduled (no ageing, re-encoding done): wait for shutdown so `run` can always join this task.
+    let _ = shutdown.await;
 }

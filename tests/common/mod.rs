@@ -1,6 +1,9 @@
-//! Helpers shared by the integration tests: the random-weight fixture model directory.
+//! Helpers shared by the integration tests: the random-weight fixture model directory, and (`server`) a real gRPC
+//! server over it for the `service_*` tests.
 
 #![allow(dead_code, reason = "each test binary uses a subset of the helpers")]
+
+pub mod server;
 
 use std::path::Path;
 

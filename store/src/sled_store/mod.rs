@@ -181,6 +181,7 @@ impl SledStore {
     /// Acknowledges a mutation per the durability setting.
     fn ack(&self) -> Result<()> {
         if self.opts.durability == Durability::Flush {
+            let _span = tracing::info_span!("store.flush").entered();
             self.db.flush()?;
         }
         Ok(())
@@ -271,7 +272,10 @@ impl Store for SledStore {
     }
 
     fn write_pages(&self, scope: &Scope, write: WritePages) -> Result<WriteReceipt> {
-        let receipt = self.write_pages_inner(scope, write)?;
+        let receipt = {
+            let _span = tracing::info_span!("store.commit", pages = write.pages.len()).entered();
+            self.write_pages_inner(scope, write)?
+        };
         self.ack()?;
         Ok(receipt)
     }
@@ -282,6 +286,7 @@ impl Store for SledStore {
         selector: &PageSelector,
         parts: PageParts,
     ) -> Result<Vec<Page>> {
+        let _span = tracing::info_span!("store.read").entered();
         self.get_pages_inner(scope, selector, parts)
     }
 
@@ -300,7 +305,10 @@ impl Store for SledStore {
         expected_generation: u64,
         update: PageUpdate,
     ) -> Result<PageMeta> {
-        let meta = self.update_page_inner(scope, id, expected_generation, update)?;
+        let meta = {
+            let _span = tracing::info_span!("store.commit", pages = 1).entered();
+            self.update_page_inner(scope, id, expected_generation, update)?
+        };
         self.ack()?;
         Ok(meta)
     }
@@ -334,6 +342,7 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Result<()> {
+        let _span = tracing::info_span!("store.flush").entered();
         self.db.flush()?;
         Ok(())
     }
