@@ -11,7 +11,7 @@
 //! - [`service`]: the gRPC service `optimem.v1.Memory` over [`memory`], with health, reflection and bearer-token auth.
 //! - [`metrics`]: precision, word recall, text tokens and compression ratio, one definition everywhere (DESIGN.md §6).
 //! - [`fox`]: the Fox-style compression benchmark (`optimem bench fox`); [`compress`]: `optimem compress`.
-//! - [`bench_encoder`], [`bench_decoder`]: full-size random-weight benchmarks behind `optimem bench encoder|decoder`.
+//! - [`bench_encoder`], [`bench_decoder`]: full-size benchmarks (random weights or `--model DIR`) behind `optimem bench encoder|decoder`.
 
 pub mod bench_decoder;
 pub mod bench_encoder;
