@@ -246,8 +246,28 @@ class PageBatches(torch.utils.data.IterableDataset):
             cap = cfg["max_chars"][tier] if isinstance(cfg["max_chars"], dict) else cfg["max_chars"]
             return int(cfg["min_max_chars"] + frac * max(0, cap - cfg["min_max_chars"]))
 
+        fixed = overfit_requests(cfg, corpus) if cfg.get("overfit") else None
         try:
             while True:
+                if fixed is not None:  # the over-fitting test: batches drawn from one fixed set of pages
+                    tier = rng.choices(tiers, tier_w)[0]
+                    pool = [r for r in fixed if r["tier"] == tier] or fixed
+                    reqs = [rng.choice(pool) for _ in range(cfg["batch"][tier])]
+                    imgs, ids, auxs = [], [], []
+                    for r in reqs:
+                        rs.submit(r, False)
+                    for _ in reqs:
+                        header, pix, _ = rs.receive()
+                        if pix is None or not header["visible_text"].strip():
+                            continue
+                        t = tok.encode(target_text(header), add_special_tokens=False).ids[: cfg["max_target_tokens"] - 1]
+                        imgs.append(pix)
+                        ids.append(t + [eos])
+                        auxs.append(aux_targets(header, classes))
+                    if not imgs:
+                        continue
+                    yield collate(imgs, ids, auxs, tier, 0, 0)
+                    continue
                 tier = rng.choices(tiers, tier_w)[0]
                 bs = cfg["batch"][tier]
                 mc = max_chars_now(tier)
@@ -268,18 +288,36 @@ class PageBatches(torch.utils.data.IterableDataset):
                     ids.append(t + [eos])
                     auxs.append(aux_targets(header, classes))
                     nshuf += int(bool(shuffle))
-                L = max(len(t) for t in ids)
-                tgt = torch.full((bs, L), -100, dtype=torch.long)
-                for i, t in enumerate(ids):
-                    tgt[i, : len(t)] = torch.tensor(t)
-                K = max(1, max(len(a) for a in auxs))
-                aux = torch.full((bs, K), -1, dtype=torch.long)
-                for i, a in enumerate(auxs):
-                    aux[i, : len(a)] = torch.from_numpy(a)
-                yield {"tier": tier, "images": torch.from_numpy(np.stack(imgs)), "targets": tgt, "aux": aux,
-                       "shuffled": nshuf, "max_chars": mc}
+                yield collate(imgs, ids, auxs, tier, nshuf, mc)
         finally:
             rs.close()
+
+
+def collate(imgs: list, ids: list, auxs: list, tier: str, nshuf: int, mc: int) -> dict:
+    """One batch: pixels, −100-padded target ids, −1-padded auxiliary indices."""
+    bs = len(imgs)
+    L = max(len(t) for t in ids)
+    tgt = torch.full((bs, L), -100, dtype=torch.long)
+    for i, t in enumerate(ids):
+        tgt[i, : len(t)] = torch.tensor(t)
+    K = max(1, max(len(a) for a in auxs))
+    aux = torch.full((bs, K), -1, dtype=torch.long)
+    for i, a in enumerate(auxs):
+        aux[i, : len(a)] = torch.from_numpy(a)
+    return {"tier": tier, "images": torch.from_numpy(np.stack(imgs)), "targets": tgt, "aux": aux,
+            "shuffled": nshuf, "max_chars": mc}
+
+
+def overfit_requests(cfg: dict, corpus: "Corpus") -> list[dict]:
+    """The fixed page set of the over-fitting test (`train.py --overfit N`): N short word-shuffled pages in large
+    type, the same on every worker and rank (seeded by --seed alone), spread over the configured tiers."""
+    rng = random.Random(cfg["overfit_seed"])
+    tiers, tier_w = zip(*cfg["tiers"].items())
+    out = []
+    for _ in range(cfg["overfit"]):
+        tier = rng.choices(tiers, tier_w)[0]
+        out.append(make_request(corpus, rng, cfg["overfit_chars"], tier, shuffle=True, chat_share=0.0))
+    return out
 
 
 def render_fixed(binary: str, requests: list[dict]) -> list[tuple[dict, np.ndarray]]:

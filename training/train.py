@@ -21,6 +21,7 @@ import shutil
 import sys
 import time
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -75,6 +76,9 @@ def parse_args():
     ap.add_argument("--ckpt-every", type=float, default=150)
     ap.add_argument("--eval-pages", type=int, default=32)
     ap.add_argument("--greedy-per-bucket", type=int, default=6)
+    ap.add_argument("--overfit", type=int, default=0,
+                    help="over-fitting test: train on this many fixed pages only, then decode them (0 = off)")
+    ap.add_argument("--overfit-chars", type=int, default=150, help="length cap of the over-fitting test's pages")
     ap.add_argument("--experts", default="grouped_mm", choices=["grouped_mm", "eager"])
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--steps", type=int, default=0, help="stop after this many steps (CPU tests)")
@@ -160,6 +164,25 @@ def aux_recall(logits: torch.Tensor, tgt: torch.Tensor) -> float:
     rank = logits.argsort(-1, descending=True).argsort(-1).float()
     hits = ((rank < k) & (tgt > 0)).sum()
     return float(hits) / max(1.0, float(k.sum()))
+
+
+def overfit_greedy(model, dcfg: dict, tok, prompt_ids, image_id, eos, dev, renderer: str, n: int = 32) -> dict:
+    """Greedy precision on the first n pages of the over-fitting set (the training pages themselves)."""
+    reqs = D.overfit_requests(dcfg, D.Corpus(dcfg["corpus"], dcfg["zh_share"]))[:n]
+    by_tier: dict[str, list] = {}
+    for header, pix in D.render_fixed(renderer, reqs):
+        if pix is not None and header["visible_text"].strip():
+            by_tier.setdefault(f"{header['width']}", []).append((header, pix))
+    out = {}
+    for px, pages in by_tier.items():
+        q = int(px) // D.CELL_PX
+        imgs = torch.from_numpy(np.stack([p for _, p in pages])).to(dev)
+        truths = [h["visible_text"] for h, _ in pages]
+        max_new = max(len(tok.encode(t, add_special_tokens=False).ids) for t in truths) + 8
+        preds = E.greedy_decode(model, imgs, q * (q + 1) + 1, prompt_ids, image_id, eos, max_new, pixels, dev)
+        scores = [E.precision(tok.decode(p, skip_special_tokens=False), t) for p, t in zip(preds, truths)]
+        out[px] = {"n": len(scores), "precision": round(sum(scores) / len(scores), 4)}
+    return out
 
 
 def parse_max_chars(spec: str):
@@ -306,6 +329,7 @@ def main():
         "curriculum": args.curriculum, "min_max_chars": args.min_max_chars, "max_chars": parse_max_chars(args.max_chars),
         "max_target_tokens": args.max_target_tokens, "shuffle_share": args.shuffle_share,
         "scramble_share": args.scramble_share,
+        "overfit": args.overfit, "overfit_chars": args.overfit_chars, "overfit_seed": args.seed,
     }
     loader = torch.utils.data.DataLoader(
         D.PageBatches(dcfg), batch_size=None, num_workers=args.workers, pin_memory=is_cuda,
@@ -439,6 +463,8 @@ def main():
         trainer.eval()
         t_g = time.time()
         greedy = E.greedy_precision(model, evalset, tok, prompt_ids, image_id, eos, dev, pixels)
+        if args.overfit:  # can it read back the very pages it trained on?
+            greedy["overfit"] = overfit_greedy(model, dcfg, tok, prompt_ids, image_id, eos, dev, args.renderer)
         summary = {"event": "summary", "step": step, "pages_run": pages, "pages_total": pages_before + pages,
                    "train_seconds_run": round(train_seconds, 1),
                    "train_seconds_total": round(seconds_before + train_seconds, 1),
