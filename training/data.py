@@ -247,37 +247,27 @@ class PageBatches(torch.utils.data.IterableDataset):
             return int(cfg["min_max_chars"] + frac * max(0, cap - cfg["min_max_chars"]))
 
         fixed = overfit_requests(cfg, corpus) if cfg.get("overfit") else None
+        pools = {t: [r for r in fixed if r["tier"] == t] or fixed for t in tiers} if fixed is not None else {}
+
+        def next_request(tier: str, mc: int) -> tuple[dict, bool]:
+            """The next page to render and whether its text is shuffled: a fresh one, or (over-fitting test) one
+            of the fixed set."""
+            if fixed is not None:
+                return rng.choice(pools[tier]), True
+            u = rng.random()
+            sc = u < cfg.get("scramble_share", 0.0)
+            sh = sc or u < cfg.get("scramble_share", 0.0) + cfg["shuffle_share"]
+            return make_request(corpus, rng, mc, tier, sh, scramble=sc), sh
+
         try:
             while True:
-                if fixed is not None:  # the over-fitting test: batches drawn from one fixed set of pages
-                    tier = rng.choices(tiers, tier_w)[0]
-                    pool = [r for r in fixed if r["tier"] == tier] or fixed
-                    reqs = [rng.choice(pool) for _ in range(cfg["batch"][tier])]
-                    imgs, ids, auxs = [], [], []
-                    for r in reqs:
-                        rs.submit(r, False)
-                    for _ in reqs:
-                        header, pix, _ = rs.receive()
-                        if pix is None or not header["visible_text"].strip():
-                            continue
-                        t = tok.encode(target_text(header), add_special_tokens=False).ids[: cfg["max_target_tokens"] - 1]
-                        imgs.append(pix)
-                        ids.append(t + [eos])
-                        auxs.append(aux_targets(header, classes))
-                    if not imgs:
-                        continue
-                    yield collate(imgs, ids, auxs, tier, 0, 0)
-                    continue
                 tier = rng.choices(tiers, tier_w)[0]
                 bs = cfg["batch"][tier]
-                mc = max_chars_now(tier)
+                mc = cfg["overfit_chars"] if fixed is not None else max_chars_now(tier)
                 imgs, ids, auxs, nshuf, sent = [], [], [], 0, 0
                 while len(imgs) < bs:
                     while sent < inflight and len(imgs) + sent < bs:
-                        u = rng.random()
-                        sc = u < cfg.get("scramble_share", 0.0)
-                        sh = sc or u < cfg.get("scramble_share", 0.0) + cfg["shuffle_share"]
-                        rs.submit(make_request(corpus, rng, mc, tier, sh, scramble=sc), sh)
+                        rs.submit(*next_request(tier, mc))
                         sent += 1
                     header, pix, shuffle = rs.receive()
                     sent -= 1

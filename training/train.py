@@ -21,7 +21,6 @@ import shutil
 import sys
 import time
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -167,22 +166,14 @@ def aux_recall(logits: torch.Tensor, tgt: torch.Tensor) -> float:
 
 
 def overfit_greedy(model, dcfg: dict, tok, prompt_ids, image_id, eos, dev, renderer: str, n: int = 32) -> dict:
-    """Greedy precision on the first n pages of the over-fitting set (the training pages themselves)."""
+    """Greedy precision (evaluate.greedy_precision) on the first n pages of the over-fitting set: the training
+    pages themselves, one bucket per tier."""
     reqs = D.overfit_requests(dcfg, D.Corpus(dcfg["corpus"], dcfg["zh_share"]))[:n]
-    by_tier: dict[str, list] = {}
-    for header, pix in D.render_fixed(renderer, reqs):
+    es = E.EvalSet()
+    for req, (header, pix) in zip(reqs, D.render_fixed(renderer, reqs)):
         if pix is not None and header["visible_text"].strip():
-            by_tier.setdefault(f"{header['width']}", []).append((header, pix))
-    out = {}
-    for px, pages in by_tier.items():
-        q = int(px) // D.CELL_PX
-        imgs = torch.from_numpy(np.stack([p for _, p in pages])).to(dev)
-        truths = [h["visible_text"] for h, _ in pages]
-        max_new = max(len(tok.encode(t, add_special_tokens=False).ids) for t in truths) + 8
-        preds = E.greedy_decode(model, imgs, q * (q + 1) + 1, prompt_ids, image_id, eos, max_new, pixels, dev)
-        scores = [E.precision(tok.decode(p, skip_special_tokens=False), t) for p, t in zip(preds, truths)]
-        out[px] = {"n": len(scores), "precision": round(sum(scores) / len(scores), 4)}
-    return out
+            es.greedy.setdefault(req["tier"], []).append(((0, 10**9), header, pix))
+    return E.greedy_precision(model, es, tok, prompt_ids, image_id, eos, dev, pixels)
 
 
 def parse_max_chars(spec: str):
