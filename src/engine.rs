@@ -6,14 +6,17 @@
 //! It sits between the memory logic ([`crate::memory`]) and the model. The model runs on a plain `std::thread`, never
 //! on an async runtime, because a forward pass blocks for milliseconds to seconds. Jobs reach it through a bounded
 //! queue: when the queue is full a submission fails at once with [`EngineError::Busy`] (the service's
-//! `RESOURCE_EXHAUSTED`) instead of queueing without limit or hanging the caller. Calls are blocking: the caller waits
-//! for its job's answer (the service calls them from `spawn_blocking`).
+//! `RESOURCE_EXHAUSTED`) instead of queueing without limit or hanging the caller. Decodes, which a reader waits on, go
+//! before encodes, which a Remember or ageing can wait for (without starving them: see `queue`). Calls are blocking:
+//! the caller waits for its job's answer (the service calls them from `spawn_blocking`).
 //!
 //! The worker keeps [`EngineStats`]: jobs, time queued, time in the model, decodes finished or cut short. They are
 //! how `optimem bench` says where a request's time went, and how tests see that a cancelled decode stopped.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+mod queue;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -24,6 +27,7 @@ use optimem_renderer::{GrayImage, Tier};
 use crate::model::generate::{Control, StopReason};
 use crate::model::tokenizer::OcrTokenizer;
 use crate::model::{Image8, Mode, ModelError, OcrModel};
+use queue::{JobQueue, Lane, PushError};
 
 /// Jobs waiting beyond the one running, by default: enough to smooth a burst, small enough that a caller learns
 /// quickly that the model is saturated.
@@ -198,13 +202,13 @@ impl Default for EngineConfig {
 /// the worker.
 #[derive(Debug)]
 pub struct Engine {
-    tx: Option<SyncSender<Queued>>,
+    /// Jobs submitted and not yet taken by the worker, decodes first (see `queue`).
+    jobs: Arc<JobQueue<Queued>>,
+    /// `None` when the worker could not be spawned: every call answers `Stopped`.
     worker: Option<JoinHandle<()>>,
     queue: usize,
     model_id: String,
     hidden: usize,
-    /// Jobs submitted and not yet taken by the worker.
-    queued: Arc<AtomicUsize>,
     /// Updated by the worker after each job, read by [`Engine::stats`].
     stats: Arc<Mutex<EngineStats>>,
     /// The model's tokenizer, for counting on the caller's thread.
@@ -231,23 +235,24 @@ impl Engine {
     /// Starts the worker that owns `model`.
     pub fn start(model: OcrModel, cfg: EngineConfig) -> Self {
         let queue = cfg.queue.max(1);
-        let (tx, rx) = mpsc::sync_channel::<Queued>(queue);
+        let jobs = Arc::new(JobQueue::<Queued>::new(queue));
         let model_id = model.id.clone();
         let hidden = model.text.hidden_size;
         let tokenizer = model.tokenizer.clone();
-        let queued = Arc::new(AtomicUsize::new(0));
-        let taken = queued.clone();
         let stats = Arc::new(Mutex::new(EngineStats::default()));
         let worker_stats = stats.clone();
+        let worker_jobs = jobs.clone();
         // The worker reports to the subscriber of the thread that started it (the global one, or a benchmark's or a
         // test's scoped one), so the model's spans land where its callers' do.
         let dispatch = tracing::dispatcher::get_default(|d| d.clone());
         let worker = std::thread::Builder::new()
             .name("optimem-engine".into())
             .spawn(move || {
+                // However the worker ends (a job may panic), waiting jobs are dropped, so their callers get
+                // `Stopped` instead of waiting forever.
+                let _abandon = Abandon(worker_jobs.clone());
                 tracing::dispatcher::with_default(&dispatch, || {
-                    while let Ok(Queued { job, at }) = rx.recv() {
-                        taken.fetch_sub(1, Ordering::SeqCst);
+                    while let Some(Queued { job, at }) = worker_jobs.pop() {
                         let wait = at.elapsed();
                         update(&worker_stats, |s| {
                             s.jobs += 1;
@@ -260,13 +265,11 @@ impl Engine {
             })
             .ok();
         Self {
-            // A worker that could not be spawned leaves no receiver: every call answers `Stopped`.
-            tx: worker.as_ref().map(|_| tx),
+            jobs,
             worker,
             queue,
             model_id,
             hidden,
-            queued,
             stats,
             tokenizer,
         }
@@ -283,7 +286,7 @@ impl Engine {
 
     /// Jobs waiting for the worker (not counting the one running): a load figure for health and metrics.
     pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::SeqCst)
+        self.jobs.len()
     }
 
     /// Whether the queue is full right now, so that a caller can refuse work before preparing it (a Remember renders
@@ -309,17 +312,20 @@ impl Engine {
     }
 
     fn submit(&self, job: Job) -> Result<(), EngineError> {
-        let tx = self.tx.as_ref().ok_or(EngineError::Stopped)?;
-        // Counted before sending, so the worker's decrement never runs ahead of it.
-        self.queued.fetch_add(1, Ordering::SeqCst);
+        if self.worker.is_none() {
+            return Err(EngineError::Stopped);
+        }
+        let lane = match job {
+            Job::Decode { .. } => Lane::Decode,
+            _ => Lane::Other,
+        };
         let at = Instant::now();
-        tx.try_send(Queued { job, at }).map_err(|e| {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
-            match e {
-                TrySendError::Full(_) => self.busy(),
-                TrySendError::Disconnected(_) => EngineError::Stopped,
-            }
-        })
+        self.jobs
+            .push(lane, Queued { job, at })
+            .map_err(|e| match e {
+                PushError::Full => self.busy(),
+                PushError::Closed => EngineError::Stopped,
+            })
     }
 
     /// Encodes a page rasterized at `tier` into its vision tokens.
@@ -397,9 +403,18 @@ impl Engine {
     }
 }
 
+/// Empties and closes the queue when the worker thread ends.
+struct Abandon(Arc<JobQueue<Queued>>);
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        self.0.abandon();
+    }
+}
+
 impl Drop for Engine {
     fn drop(&mut self) {
-        self.tx = None;
+        self.jobs.close();
         if let Some(w) = self.worker.take() {
             // A worker that panicked has already failed its callers with `Stopped`; nothing more to report here.
             let _ = w.join();
