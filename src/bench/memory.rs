@@ -387,7 +387,7 @@ impl MemoryReport {
             self.model, self.device, self.turn_text_tokens, self.tokenizer, self.max_new_tokens
         );
         s.push_str("Throughput and latency (Remember = one turn: render, encode, count, write + flush; Recall = one page decoded OPTICAL):\n\n");
-        s.push_str("| tier | tokens | turns | pages (encoded) | Remember p50 / p99 ms | turns/s | Recall p50 / p99 ms | pages/s | tokens decoded | encode ms/page | decode ms/token |\n");
+        s.push_str("| tier | encoding | turns | pages (encoded) | Remember p50 / p99 ms | turns/s | Recall p50 / p99 ms | pages/s | tokens decoded | encode ms/page | decode ms/token |\n");
         s.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
         for r in &self.runs {
             let _ = writeln!(
@@ -410,7 +410,7 @@ impl MemoryReport {
             );
         }
         s.push_str("\nBytes per 1,000 text tokens (the store's figures by kind; sled's size on disk; the directory walked):\n\n");
-        s.push_str("| tier | tokens | pages | text tokens | vision tokens (embeddings) | ratio | token bytes | raster | source | metadata | store total | sled on disk | directory |\n");
+        s.push_str("| tier | encoding | pages | text tokens | vision tokens (embeddings) | ratio | token bytes | raster | source | metadata | store total | sled on disk | directory |\n");
         s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for r in &self.runs {
             let b = &r.bytes_per_1k_text_tokens;
