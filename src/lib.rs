@@ -12,7 +12,9 @@
 //! - [`metrics`]: precision, word recall, text tokens and compression ratio, one definition everywhere (DESIGN.md §6).
 //! - [`fox`]: the Fox-style compression benchmark (`optimem bench fox`); [`compress`]: `optimem compress`.
 //! - [`bench_encoder`], [`bench_decoder`]: full-size benchmarks (random weights or `--model DIR`) behind `optimem bench encoder|decoder`.
+//! - [`bench`]: the product under load on this machine's model, behind `optimem bench service|memory`.
 
+pub mod bench;
 pub mod bench_decoder;
 pub mod bench_encoder;
 pub mod compress;

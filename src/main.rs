@@ -213,6 +213,10 @@ enum BenchCommand {
         #[arg(long)]
         tokenizer: Option<PathBuf>,
     },
+    /// The gRPC server in process under N concurrent clients: Remember and OPTICAL Recall throughput, latency, errors.
+    Service(cli::bench_service::ServiceArgs),
+    /// The memory layer without gRPC: throughput, latency, bytes per 1,000 text tokens per tier, int8's precision cost.
+    Memory(cli::bench_memory::MemoryArgs),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -327,6 +331,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             max_new_tokens,
             tokenizer,
         }),
+        Command::Bench(BenchCommand::Service(a)) => cli::bench_service::run(a),
+        Command::Bench(BenchCommand::Memory(a)) => cli::bench_memory::run(a),
         Command::Compress(a) => cli::compress::compress(cli::compress::CompressArgs {
             layout: a.layout.config(),
             input: a.input,

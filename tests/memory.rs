@@ -483,22 +483,39 @@ fn a_full_queue_is_busy_not_a_hang() {
     let m = memory(&f, small_then_tiny());
     let s = scope("dave");
     let before = f.store.stats(None).expect("stats");
+    let blank = GrayImage {
+        width: 8,
+        height: 8,
+        pixels: vec![255; 64],
+    };
     let guard = f.engine.pause().expect("pause");
     // The worker is held; one job fills the single queue slot.
     let engine = f.engine.clone();
-    let waiting = std::thread::spawn(move || engine.count_tokens("a b c"));
+    let page = blank.clone();
+    let waiting = std::thread::spawn(move || engine.encode(&page, Tier::Tiny));
     while f.engine.queued() < 1 {
         std::thread::yield_now();
     }
     assert!(matches!(
-        f.engine.count_tokens("x"),
+        f.engine.encode(&blank, Tier::Tiny),
         Err(EngineError::Busy { queue: 1 })
     ));
-    let err = m.remember(&s, &[msg("user", "hello")]).expect_err("busy");
+    // Counting text tokens needs no queue slot.
+    assert_eq!(f.engine.count_tokens("a b c").expect("count"), 3);
+    // A Remember is refused before it renders anything: no `render` span is opened.
+    let times = optimem::bench::StageTimes::default();
+    let err = tracing::dispatcher::with_default(&times.dispatch(), || {
+        m.remember(&s, &[msg("user", "hello")]).expect_err("busy")
+    });
     assert_eq!(err.code(), ErrorCode::ResourceExhausted, "{err}");
+    assert!(
+        times.summary().iter().all(|(stage, _)| stage != "render"),
+        "{:?}",
+        times.summary()
+    );
     assert_eq!(f.store.stats(None).expect("stats").pages, before.pages);
     drop(guard);
-    assert_eq!(waiting.join().expect("thread").expect("count"), 3);
+    assert_eq!(waiting.join().expect("thread").expect("encode").rows, 73);
     m.remember(&s, &[msg("user", "hello")])
         .expect("after the burst");
 }

@@ -1,6 +1,8 @@
 //! The verbs of the `optimem` binary. Each function takes validated arguments from `main.rs` and does one job.
 
 pub mod bench;
+pub mod bench_memory;
+pub mod bench_service;
 pub mod client;
 pub mod compress;
 pub mod fox;

@@ -67,6 +67,10 @@ impl Memory {
     #[tracing::instrument(name = "remember", skip_all, fields(scope = %scope, messages = messages.len()))]
     pub fn remember(&self, scope: &Scope, messages: &[Message]) -> Result<Remembered> {
         self.validate(messages)?;
+        // Rendering costs a few hundred milliseconds of CPU that a full queue would throw away.
+        if self.engine.saturated() {
+            return Err(self.engine.busy().into());
+        }
         let now = now_ms();
         let memories: Vec<NewMemory> = messages
             .iter()

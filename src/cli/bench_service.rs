@@ -1,0 +1,72 @@
+//! `optimem bench service`: flags → [`optimem::bench::service`], report as markdown or JSON on stdout.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use optimem::bench::service::{ServiceBenchOptions, run as run_bench};
+use optimem::engine::DEFAULT_QUEUE;
+
+#[derive(clap::Args)]
+pub struct ServiceArgs {
+    /// Concurrent clients, each with its own connection and session.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// How long clients keep sending (e.g. 60s, 2m); requests in flight then finish and count.
+    #[arg(long, default_value = "60s", value_parser = super::parse_duration)]
+    duration: Duration,
+    /// Model directory.
+    #[arg(long, env = "OPTIMEM_MODEL", default_value = "models/optimem-tiny")]
+    model: PathBuf,
+    /// The engine's queue, as `serve --queue`.
+    #[arg(long, default_value_t = DEFAULT_QUEUE)]
+    queue: usize,
+    /// Text tokens per remembered chat turn, about.
+    #[arg(long, default_value_t = 1000)]
+    turn_tokens: usize,
+    /// Cap on tokens decoded per recalled page (the server's default).
+    #[arg(long, default_value_t = 2048)]
+    max_new_tokens: usize,
+    /// Wait after RESOURCE_EXHAUSTED before a client's next call.
+    #[arg(long, default_value = "100ms", value_parser = super::parse_duration)]
+    backoff: Duration,
+    /// Recency rank → tier of new pages, newest first: tier:count bands, then the tier of every older page.
+    #[arg(long, default_value = "base:2,small:8,tiny")]
+    policy: String,
+    /// tokenizer.json that sizes the turns (default: the DeepSeek-V3 one in assets/, else the model's).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Print the report as JSON instead of markdown.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: ServiceArgs) -> Result<()> {
+    let policy = optimem::compress::parse_policy(&a.policy)?;
+    let (device, dtype) = super::ocr::device()?;
+    eprintln!(
+        "bench service: {} clients for {:?} against an in-process server ({})",
+        a.clients,
+        a.duration,
+        a.model.display()
+    );
+    let report = run_bench(&ServiceBenchOptions {
+        model: a.model,
+        device,
+        dtype,
+        clients: a.clients,
+        duration: a.duration,
+        queue: a.queue,
+        turn_tokens: a.turn_tokens,
+        max_new_tokens: a.max_new_tokens,
+        backoff: a.backoff,
+        policy,
+        tokenizer: a.tokenizer,
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.markdown());
+    }
+    Ok(())
+}
