@@ -64,22 +64,25 @@ class EvalSet:
 
     @classmethod
     def build(cls, heldout_dir: str, renderer: str, tok, n_tf: int, per_bucket: int, seed: int = 12345,
-              tiers=("tiny", "small"), max_target_tokens: int = 1024) -> "EvalSet":
+              tiers=("tiny", "small"), max_target_tokens: int = 1024, tf_max_chars: int = 2500) -> "EvalSet":
         rng = random.Random(seed)
         corpus = D.Corpus(heldout_dir, zh_share=0.3)
         es = cls()
-        # teacher-forced pages: medium lengths, plain text; identical requests at each tier, once as written and
-        # once word-shuffled ("<tier>/shuffled": there the language prior cannot help, so the real-vs-blank gap
-        # there measures reading alone)
-        reqs, shuf = [], []
+        # teacher-forced pages: medium lengths (up to tf_max_chars), plain text; identical requests at each tier:
+        # as written, word-shuffled ("<tier>/shuffled") and character-scrambled ("<tier>/scrambled"). On the last
+        # two the language prior helps little or not at all, so their real-vs-blank gap measures reading alone.
+        reqs, shuf, scr = [], [], []
+        srng = random.Random(seed + 1)  # its own stream: the plain and shuffled sets stay those of earlier runs
+        lo = min(200, tf_max_chars // 2)
         for _ in range(n_tf):
-            n = int(math.exp(rng.uniform(math.log(200), math.log(2500))))
+            n = int(math.exp(rng.uniform(math.log(lo), math.log(tf_max_chars))))
             fs = round(rng.uniform(17, 30), 1)
             paras = corpus.paragraphs(rng, n)
             reqs.append({"text": "\n".join(paras)[: int(n * 1.2)], "font_size": fs})
             shuf.append({"text": "\n".join(D.shuffle_words(p, rng) for p in paras)[: int(n * 1.2)], "font_size": fs})
+            scr.append({"text": "\n".join(D.scramble_chars(p, srng) for p in paras)[: int(n * 1.2)], "font_size": fs})
         for tier in tiers:
-            for key, rq in ((tier, reqs), (f"{tier}/shuffled", shuf)):
+            for key, rq in ((tier, reqs), (f"{tier}/shuffled", shuf), (f"{tier}/scrambled", scr)):
                 rendered = D.render_fixed(renderer, [dict(r, tier=tier) for r in rq])
                 es.tf[key] = []
                 for header, pix in rendered:

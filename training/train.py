@@ -74,6 +74,7 @@ def parse_args():
     ap.add_argument("--eval-every", type=float, default=90)
     ap.add_argument("--ckpt-every", type=float, default=150)
     ap.add_argument("--eval-pages", type=int, default=32)
+    ap.add_argument("--eval-max-chars", type=int, default=2500, help="longest teacher-forced held-out page")
     ap.add_argument("--greedy-per-bucket", type=int, default=6)
     ap.add_argument("--overfit", type=int, default=0,
                     help="over-fitting test: train on this many fixed pages only, then decode them (0 = off)")
@@ -329,7 +330,8 @@ def main():
 
     evalset = None
     if rank == 0:
-        evalset = E.EvalSet.build(args.heldout, args.renderer, tok, args.eval_pages, args.greedy_per_bucket, seed=12345)
+        evalset = E.EvalSet.build(args.heldout, args.renderer, tok, args.eval_pages, args.greedy_per_bucket, seed=12345,
+                                  tf_max_chars=args.eval_max_chars)
         log({"event": "evalset", "tf_pages": {k: len(v) for k, v in evalset.tf.items()},
              "greedy_pages": {k: len(v) for k, v in evalset.greedy.items()}})
 

@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
 # Runs ON THE GPU MACHINE from the repository root (the device tool's working copy), with `.gpu/` carried.
-# Unpacks the staged inputs into a state folder outside the repo (kept while the machine stays warm), then starts
-# training in its own process session so it outlives this call; watch.sh follows it in later calls.
-# Usage: bash .gpu/launch.sh RUN_ID SECONDS [extra train.py args...]
+# Unpacks the staged inputs once into a work folder outside the repo ($OWORK, default /root/ow; kept while the machine
+# stays warm), then starts training in its own process session so it outlives this call; watch.sh follows it in
+# later calls. Each run keeps checkpoints and logs in its state folder $OSTATE (default /root/ostate): give runs
+# that go side by side on one GPU their own OSTATE (and fewer --workers each).
+# Usage: [OSTATE=/root/x] bash .gpu/launch.sh RUN_ID SECONDS [extra train.py args...]
 set -euo pipefail
 REPO=$(pwd)
 S=${OSTATE:-/root/ostate}
 RUN=$1; SECS=$2; shift 2
-mkdir -p "$S/w"
-if [ ! -f "$S/w/ready" ]; then
-  (cd "$S/w" && tar xJf "$REPO/.gpu/corpus.tar.xz" && xz -dc "$REPO/.gpu/optimem.xz" > optimem && chmod +x optimem \
-     && cp -r "$REPO/.gpu/training" "$REPO/.gpu/ref" "$REPO/.gpu/tokenizer.json" "$REPO/.gpu/aux_chars.txt" . && touch ready)
+W=${OWORK:-/root/ow}
+mkdir -p "$S" "$W"
+if [ ! -f "$W/ready" ]; then
+  (cd "$W" && tar xJf "$REPO/.gpu/corpus.tar.xz" && xz -dc "$REPO/.gpu/optimem.xz" > optimem && chmod +x optimem && touch ready)
 fi
+# the code and tokenizer files are small: always this call's copy
+rm -rf "$W/training" "$W/ref"
+cp -r "$REPO/.gpu/training" "$REPO/.gpu/ref" "$REPO/.gpu/tokenizer.json" "$REPO/.gpu/aux_chars.txt" "$W"/
 if [ -d "$REPO/.gpu/resume" ] && [ ! -f "$S/ckpt.pt" ]; then RESUME="--resume $REPO/.gpu/resume"; else RESUME=""; fi
 if [ -f "$S/ckpt.pt" ]; then RESUME="--resume $S/ckpt.pt"; fi
 nvidia-smi --query-gpu=name,memory.used,memory.total,utilization.gpu --format=csv,noheader
 NGPU=${NGPU:-$(python3 -c "import torch; print(torch.cuda.device_count())")}
 echo "GPUs: $NGPU; cores: $(nproc); resume: ${RESUME:-none}"
-W="$S/w"
 ARGS=(--ref "$W/ref" --config "$W/training/model_config.json" --tokenizer "$W/tokenizer.json" --aux-chars "$W/aux_chars.txt"
       --corpus "$W/corpus/train" --heldout "$W/corpus/heldout" --renderer "$W/optimem" --state "$S" --run-id "$RUN"
       --seconds "$SECS" $RESUME "$@")
