@@ -212,6 +212,32 @@ def aux_targets(header: dict, classes: CharClasses) -> np.ndarray:
     return np.fromiter(sorted(out), dtype=np.int64, count=len(out))
 
 
+def glyph_targets(header: dict, classes: CharClasses, grid: int) -> np.ndarray:
+    """Flat indices (sub-cell * n_classes + class), one per visible glyph: which character has its centre in
+    which of the grid × grid sub-cells of each vision token's 64-px cell (sub-cell = token * grid² + row * grid
+    + column). The glyph head (train.py) reads each back from its token: a per-position reading target."""
+    if grid <= 0:
+        return np.zeros(0, dtype=np.int64)
+    text = header["visible_text"]
+    q = header["width"] // CELL_PX
+    sub = CELL_PX / grid
+    by_offset, off = {}, 0
+    for ch in text:
+        by_offset[off] = ch
+        off += len(ch.encode("utf-8"))
+    out = []
+    for g in header["glyphs"]:
+        ch = by_offset.get(int(g[0]))
+        if ch is None or ch.isspace():
+            continue
+        x = min(q * CELL_PX - 1e-3, max(0.0, float(g[1])))
+        y = min(q * CELL_PX - 1e-3, max(0.0, float(g[2])))
+        cx, cy = int(x // CELL_PX), int(y // CELL_PX)
+        sx, sy = int((x - cx * CELL_PX) // sub), int((y - cy * CELL_PX) // sub)
+        out.append((((cy * q + cx) * grid + sy) * grid + sx) * classes.n + classes(ch))
+    return np.asarray(out, dtype=np.int64)
+
+
 def target_text(header: dict) -> str:
     return header["visible_text"]
 
@@ -264,7 +290,7 @@ class PageBatches(torch.utils.data.IterableDataset):
                 tier = rng.choices(tiers, tier_w)[0]
                 bs = cfg["batch"][tier]
                 mc = cfg["overfit_chars"] if fixed is not None else max_chars_now(tier)
-                imgs, ids, auxs, nshuf, sent = [], [], [], 0, 0
+                imgs, ids, auxs, glyphs, nshuf, sent = [], [], [], [], 0, 0
                 while len(imgs) < bs:
                     while sent < inflight and len(imgs) + sent < bs:
                         rs.submit(*next_request(tier, mc))
@@ -277,25 +303,31 @@ class PageBatches(torch.utils.data.IterableDataset):
                     imgs.append(pix)
                     ids.append(t + [eos])
                     auxs.append(aux_targets(header, classes))
+                    glyphs.append(glyph_targets(header, classes, cfg.get("glyph_grid", 0)))
                     nshuf += int(bool(shuffle))
-                yield collate(imgs, ids, auxs, tier, nshuf, mc)
+                yield collate(imgs, ids, auxs, tier, nshuf, mc, glyphs)
         finally:
             rs.close()
 
 
-def collate(imgs: list, ids: list, auxs: list, tier: str, nshuf: int, mc: int) -> dict:
-    """One batch: pixels, −100-padded target ids, −1-padded auxiliary indices."""
+def pad_indices(rows: list) -> torch.Tensor:
+    """Per-page int64 index arrays → one [B, K] tensor, −1-padded."""
+    K = max(1, max(len(a) for a in rows))
+    out = torch.full((len(rows), K), -1, dtype=torch.long)
+    for i, a in enumerate(rows):
+        out[i, : len(a)] = torch.from_numpy(a)
+    return out
+
+
+def collate(imgs: list, ids: list, auxs: list, tier: str, nshuf: int, mc: int, glyphs: list | None = None) -> dict:
+    """One batch: pixels, −100-padded target ids, −1-padded auxiliary and glyph indices."""
     bs = len(imgs)
     L = max(len(t) for t in ids)
     tgt = torch.full((bs, L), -100, dtype=torch.long)
     for i, t in enumerate(ids):
         tgt[i, : len(t)] = torch.tensor(t)
-    K = max(1, max(len(a) for a in auxs))
-    aux = torch.full((bs, K), -1, dtype=torch.long)
-    for i, a in enumerate(auxs):
-        aux[i, : len(a)] = torch.from_numpy(a)
-    return {"tier": tier, "images": torch.from_numpy(np.stack(imgs)), "targets": tgt, "aux": aux,
-            "shuffled": nshuf, "max_chars": mc}
+    return {"tier": tier, "images": torch.from_numpy(np.stack(imgs)), "targets": tgt, "aux": pad_indices(auxs),
+            "glyphs": pad_indices(glyphs or [np.zeros(0, dtype=np.int64)] * bs), "shuffled": nshuf, "max_chars": mc}
 
 
 def overfit_requests(cfg: dict, corpus: "Corpus") -> list[dict]:

@@ -58,6 +58,12 @@ def parse_args():
     ap.add_argument("--wd", type=float, default=0.05)
     ap.add_argument("--aux-weight", type=float, default=0.3)
     ap.add_argument("--aux-buckets", type=int, default=256)
+    ap.add_argument("--glyph-weight", type=float, default=0.0,
+                    help="weight of the glyph loss: each glyph's character read back from its token's sub-cell")
+    ap.add_argument("--glyph-grid", type=int, default=8, help="sub-cells per side of a token's 64-px cell")
+    ap.add_argument("--glyph-rank", type=int, default=64, help="width of the glyph head's per-sub-cell code")
+    ap.add_argument("--encoder-seconds", type=float, default=0.0,
+                    help="first seconds of this run train the encoder alone on the auxiliary losses (no decoder)")
     ap.add_argument("--workers", type=int, default=12)
     ap.add_argument("--batch-tiny", type=int, default=64)
     ap.add_argument("--batch-small", type=int, default=64)
@@ -103,18 +109,48 @@ class AuxHead(nn.Module):
         return self.linear(self.norm(x))
 
 
-class Trainer(nn.Module):
-    """The exported model plus the training-only auxiliary head over the projector outputs."""
+class GlyphHead(nn.Module):
+    """Training-only reader of the vision tokens: which character has its centre in each of the grid × grid
+    sub-cells of a token's cell. LayerNorm, one Linear to a rank-r code per sub-cell, GELU, a shared Linear to
+    the character classes; evaluated only at the sub-cells that hold a glyph (targets from glyph_targets)."""
 
-    def __init__(self, model: nn.Module, n_embed: int, n_classes: int):
+    def __init__(self, n_embed: int, n_classes: int, grid: int, rank: int):
+        super().__init__()
+        self.grid2, self.rank, self.n_classes = grid * grid, rank, n_classes
+        self.norm = nn.LayerNorm(n_embed)
+        self.code = nn.Linear(n_embed, grid * grid * rank)
+        self.cls = nn.Linear(rank, n_classes)
+
+    def forward(self, tokens: torch.Tensor, idx: torch.Tensor):
+        """tokens [B, T, D]; idx [B, K] flat (sub-cell * C + class), −1 padding → (logits [M, C], classes [M])."""
+        b, t, _ = tokens.shape
+        codes = self.code(self.norm(tokens)).reshape(b, t * self.grid2, self.rank)
+        valid = idx >= 0
+        sub = (idx.clamp(min=0) // self.n_classes).clamp(max=t * self.grid2 - 1)
+        rows = codes[torch.arange(b, device=idx.device)[:, None].expand_as(idx)[valid], sub[valid]]
+        return self.cls(F.gelu(rows)), idx[valid] % self.n_classes
+
+
+class Trainer(nn.Module):
+    """The exported model plus the training-only heads over the projector outputs (bag of characters per
+    token, and optionally the per-sub-cell glyph reader)."""
+
+    def __init__(self, model: nn.Module, n_embed: int, n_classes: int, glyph_grid: int = 0, glyph_rank: int = 64):
         super().__init__()
         self.model = model
         self.aux_head = AuxHead(n_embed, n_classes)
+        self.glyph_head = GlyphHead(n_embed, n_classes, glyph_grid, glyph_rank) if glyph_grid > 0 else None
 
-    def forward(self, input_ids, pixel_values, images_seq_mask, labels):
-        out = self.model(input_ids, pixel_values=pixel_values, images_seq_mask=images_seq_mask, labels=labels,
-                         return_logits=False)
-        return out.loss, self.aux_head(out.vision_tokens)
+    def forward(self, input_ids, pixel_values, images_seq_mask, labels, glyph_idx=None, encoder_only=False):
+        """→ (CE loss or None when encoder_only, bag logits, glyph (logits, classes) or None)."""
+        if encoder_only:
+            ce, vt = None, self.model.encode_images(pixel_values)
+        else:
+            out = self.model(input_ids, pixel_values=pixel_values, images_seq_mask=images_seq_mask, labels=labels,
+                             return_logits=False)
+            ce, vt = out.loss, out.vision_tokens
+        glyph = self.glyph_head(vt, glyph_idx) if self.glyph_head is not None and glyph_idx is not None else None
+        return ce, self.aux_head(vt), glyph
 
 
 def pixels(images_u8: torch.Tensor) -> torch.Tensor:
@@ -249,9 +285,11 @@ def main():
         model = DeepseekOCR.from_config(cfg, seed=args.seed)
     if cfg.decoder.vocab_size != tok.get_vocab_size():
         raise SystemExit(f"vocab_size {cfg.decoder.vocab_size} != tokenizer {tok.get_vocab_size()}")
-    trainer = Trainer(model, cfg.n_embed, classes.n)
+    trainer = Trainer(model, cfg.n_embed, classes.n, args.glyph_grid if args.glyph_weight > 0 else 0, args.glyph_rank)
     if state is not None:
-        trainer.load_state_dict(state["trainer"])
+        missing, unexpected = trainer.load_state_dict(state["trainer"], strict=False)
+        if [k for k in missing if not k.startswith("glyph_head.")] or unexpected:
+            raise SystemExit(f"checkpoint does not fit: missing {missing}, unexpected {unexpected}")
     elif args.resume:
         aux_path = args.resume_aux or os.path.join(args.resume, "aux_head.pt")
         if os.path.exists(aux_path):
@@ -277,7 +315,7 @@ def main():
             q = 8
             ids, mask, labels = build_inputs(torch.full((2, 8), 100, device=dev), q * (q + 1) + 1, prompt_ids, image_id, eos)
             with torch.autocast(dev.type, dtype=torch.bfloat16):
-                ce, _ = trainer(ids, pixels(torch.full((2, 512, 512), 200, dtype=torch.uint8, device=dev)), mask, labels)
+                ce, _, _ = trainer(ids, pixels(torch.full((2, 512, 512), 200, dtype=torch.uint8, device=dev)), mask, labels)
             ce.backward()
         except (RuntimeError, NotImplementedError) as e:
             print(f"grouped_mm experts failed under autocast ({e}); using eager experts", flush=True)
@@ -320,7 +358,7 @@ def main():
         "tiers": tiers, "batch": {"tiny": args.batch_tiny, "small": args.batch_small, "base": args.batch_base},
         "curriculum": args.curriculum, "min_max_chars": args.min_max_chars, "max_chars": parse_max_chars(args.max_chars),
         "max_target_tokens": args.max_target_tokens, "shuffle_share": args.shuffle_share,
-        "scramble_share": args.scramble_share,
+        "scramble_share": args.scramble_share, "glyph_grid": args.glyph_grid if args.glyph_weight > 0 else 0,
         "overfit": args.overfit, "overfit_chars": args.overfit_chars, "overfit_seed": args.seed,
     }
     loader = torch.utils.data.DataLoader(
@@ -354,6 +392,11 @@ def main():
                              # does the encoder see which characters are in each cell? own page vs another page's
                              "aux_recall": round(aux_recall(lg, tgt), 4),
                              "aux_recall_other": round(aux_recall(lg.roll(1, 0), tgt), 4)}
+                if trainer.glyph_head is not None:  # top-1 of each glyph read back from its sub-cell
+                    gi = D.pad_indices([D.glyph_targets(p[0], classes, args.glyph_grid) for p in pages]).to(dev)
+                    for key, vt in (("glyph_acc", out.vision_tokens), ("glyph_acc_other", out.vision_tokens.roll(1, 0))):
+                        glg, gcl = trainer.glyph_head(vt, gi)
+                        res[tier][key] = round(float((glg.argmax(-1) == gcl).float().mean()), 4)
         trainer.train()
         return res
 
@@ -373,6 +416,9 @@ def main():
                               metadata={"pages_seen": str(pages_before + pages), "step": str(step)})
         torch.save({k: v.to(torch.bfloat16) for k, v in trainer.aux_head.state_dict().items()},
                    os.path.join(tmp_exp, "aux_head.pt"))
+        if trainer.glyph_head is not None:
+            torch.save({k: v.to(torch.bfloat16) for k, v in trainer.glyph_head.state_dict().items()},
+                       os.path.join(tmp_exp, "glyph_head.pt"))
         if final and summary_rec is not None:
             with open(os.path.join(tmp_exp, "summary.json"), "w", encoding="utf-8") as f:
                 json.dump(summary_rec, f, indent=1, ensure_ascii=False)
@@ -383,7 +429,7 @@ def main():
     # ---------------------------------------------------------------- loop
     pages_local = 0
     step, pages, t_last_log, t_last_eval, t_last_ckpt = step0, 0, time.time(), time.time(), time.time()
-    wait_s, comp_s, loss_acc, aux_acc, n_acc, shuf = 0.0, 0.0, 0.0, 0.0, 0, 0
+    wait_s, comp_s, loss_acc, aux_acc, glyph_acc, n_acc, n_ce, shuf = 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0
     trainer.train()
     if rank == 0:
         log({"event": "eval", "step": step, "pages": pages_before, "tf": evaluate_tf()})
@@ -407,15 +453,23 @@ def main():
         imgs = batch["images"].to(dev, non_blocking=True)
         tg = batch["targets"].to(dev, non_blocking=True)
         aux_idx = batch["aux"].to(dev, non_blocking=True)
+        glyph_idx = batch["glyphs"].to(dev, non_blocking=True) if trainer.glyph_head is not None else None
+        enc_only = time.time() - t_loop < args.encoder_seconds  # counted from the first step, not the set-up
         q = imgs.shape[-1] // D.CELL_PX
         ids, mask, labels = build_inputs(tg, q * (q + 1) + 1, prompt_ids, image_id, eos)
         lr = lr_at(step - step0, (args.sched_offset + elapsed) / sched_total, args)
         for g in opt.param_groups:
             g["lr"] = lr
         with torch.autocast(dev.type, dtype=torch.bfloat16):
-            ce, aux_logits = net(ids, pixels(imgs), mask, labels)
+            ce, aux_logits, glyph = net(ids, pixels(imgs), mask, labels, glyph_idx, enc_only)
             al = aux_loss(aux_logits, aux_idx)
-            loss = ce + args.aux_weight * al
+            loss = args.aux_weight * al
+            if ce is not None:
+                loss = loss + ce
+            if glyph is not None:
+                gl = F.cross_entropy(glyph[0].float(), glyph[1])
+                loss = loss + args.glyph_weight * gl
+                glyph_acc = glyph_acc + gl.detach()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(trainer.parameters(), 1.0)
@@ -424,18 +478,22 @@ def main():
         pages_local += imgs.shape[0]
         pages = pages_local * world
         shuf += batch["shuffled"]
-        loss_acc = loss_acc + ce.detach()  # stays on the device: no host sync per step
+        if ce is not None:
+            loss_acc = loss_acc + ce.detach()  # stays on the device: no host sync per step
+            n_ce += 1
         aux_acc = aux_acc + al.detach()
         n_acc += 1
         comp_s += time.time() - t1
         now = time.time()
         if rank == 0 and now - t_last_log >= 20:
             log({"event": "train", "step": step, "pages": pages_before + pages, "elapsed": round(now - t_start, 1),
-                 "loss": round(float(loss_acc) / n_acc, 4), "aux": round(float(aux_acc) / n_acc, 3), "lr": round(lr, 6),
+                 "loss": round(float(loss_acc) / n_ce, 4) if n_ce else None, "aux": round(float(aux_acc) / n_acc, 3),
+                 "glyph": round(float(glyph_acc) / n_acc, 3) if trainer.glyph_head is not None else None,
+                 "encoder_only": enc_only, "lr": round(lr, 6),
                  "gnorm": round(float(gn), 3), "pages_per_s": round(pages / (now - t_loop), 1),
                  "data_wait": round(wait_s / max(1e-9, wait_s + comp_s), 3), "max_chars": batch["max_chars"],
                  "tier": tier, "mem_gib": round(torch.cuda.max_memory_allocated(dev) / 2**30, 2) if is_cuda else 0})
-            t_last_log, loss_acc, aux_acc, n_acc = now, 0.0, 0.0, 0
+            t_last_log, loss_acc, aux_acc, glyph_acc, n_acc, n_ce = now, 0.0, 0.0, 0.0, 0, 0
         if rank == 0 and now - t_last_eval >= args.eval_every:
             log({"event": "eval", "step": step, "pages": pages_before + pages, "elapsed": round(now - t_start, 1),
                  "tf": evaluate_tf()})

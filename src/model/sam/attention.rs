@@ -210,7 +210,9 @@ fn sdpa_rel_pos_folded(
     let ind = key_ind
         .unsqueeze(0)?
         .broadcast_as((bh, n, key_ind.dim(1)?))?;
-    let kt = Tensor::cat(&[k, &ind], 2)?.t()?;
+    // Materialised: the concatenation's layout is backend-specific (on CUDA its batch stride is not plain),
+    // and cuBLAS takes only plain or simply transposed operands.
+    let kt = Tensor::cat(&[k, &ind], 2)?.t()?.contiguous()?;
     let mut outs = Vec::with_capacity(n.div_ceil(rows));
     for start in (0..n).step_by(rows.max(1)) {
         let len = rows.min(n - start);
