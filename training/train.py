@@ -54,6 +54,8 @@ def parse_args():
     ap.add_argument("--sched-offset", type=float, default=0, help="seconds of the schedule already done (resume)")
     ap.add_argument("--lr", type=float, default=1.5e-3)
     ap.add_argument("--min-lr-frac", type=float, default=0.1)
+    ap.add_argument("--encoder-lr-mult", type=float, default=1.0,
+                    help="the DeepEncoder's (SAM, CLIP, projector) learning rate as a multiple of --lr")
     ap.add_argument("--warmup", type=int, default=150)
     ap.add_argument("--wd", type=float, default=0.05)
     ap.add_argument("--aux-weight", type=float, default=0.3)
@@ -329,12 +331,18 @@ def main():
         net = nn.parallel.DistributedDataParallel(trainer, device_ids=[dev.index] if is_cuda else None,
                                                   find_unused_parameters=True)
 
-    decay, no_decay = [], []
+    # four groups: (DeepEncoder or the rest) × (weight decay or not); the encoder's learning rate is
+    # --encoder-lr-mult times the schedule's (session 3: the SAM/CLIP encoder does not learn glyphs at 1.5e-3)
+    groups: dict[tuple[bool, bool], list] = {}
+    encoder_prefixes = ("model.sam_model.", "model.vision_model.", "model.projector.")
     for n, p in trainer.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if p.dim() >= 2 and "pos" not in n and "embed" not in n else no_decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0.0}],
+        decays = p.dim() >= 2 and "pos" not in n and "embed" not in n
+        groups.setdefault((n.startswith(encoder_prefixes), decays), []).append(p)
+    opt = torch.optim.AdamW([{"params": ps, "weight_decay": args.wd if dec else 0.0,
+                              "lr_mult": args.encoder_lr_mult if enc else 1.0}
+                             for (enc, dec), ps in sorted(groups.items())],
                             lr=args.lr, betas=(0.9, 0.95), eps=1e-8, fused=is_cuda)
     pages_before, seconds_before, step0 = state_totals
     if state is not None:
@@ -343,6 +351,8 @@ def main():
                 opt.load_state_dict(state["opt"])
             except ValueError as e:
                 log({"event": "optimizer state not loaded", "why": str(e)})
+            for g, (enc, _) in zip(opt.param_groups, sorted(groups)):  # this run's multiplier, not the saved one
+                g["lr_mult"] = args.encoder_lr_mult if enc else 1.0
         pages_before = state.get("pages", 0)
         seconds_before = state.get("train_seconds", 0.0)
         step0 = state.get("step", 0)
@@ -459,7 +469,7 @@ def main():
         ids, mask, labels = build_inputs(tg, q * (q + 1) + 1, prompt_ids, image_id, eos)
         lr = lr_at(step - step0, (args.sched_offset + elapsed) / sched_total, args)
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_mult", 1.0)
         with torch.autocast(dev.type, dtype=torch.bfloat16):
             ce, aux_logits, glyph = net(ids, pixels(imgs), mask, labels, glyph_idx, enc_only)
             al = aux_loss(aux_logits, aux_idx)

@@ -118,9 +118,24 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// `x · Wᵀ + b` over the last dimension, as one 2-D GEMM on the rows of a contiguous `x`.
+    ///
+    /// candle's `Linear` multiplies a 3-D input by a batch-broadcast (stride-0) transposed weight; that, or an
+    /// input whose layout came out of a concatenation, is rejected by the CUDA matmul ("only supported for
+    /// contiguous tensors", seen on the H200 with Gundam's tile batch). Flattening the leading dimensions of a
+    /// contiguous input gives every backend a plain GEMM.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _enter = self.span.enter();
-        Ok(self.inner.forward(x)?)
+        let dims = x.dims();
+        if dims.len() <= 2 {
+            return Ok(self.inner.forward(x)?);
+        }
+        let (lead, last) = dims.split_at(dims.len() - 1);
+        let rows: usize = lead.iter().product();
+        let y = self.inner.forward(&x.contiguous()?.reshape((rows, last[0]))?)?;
+        let mut out = lead.to_vec();
+        out.push(y.dim(1)?);
+        Ok(y.reshape(out)?)
     }
 }
 
@@ -193,6 +208,32 @@ mod tests {
             }
             other => panic!("expected TensorShape, got {:?}", other.map(|_| ())),
         }
+        Ok(())
+    }
+
+    /// A 3-D input in a transposed (non-contiguous) layout gives, row by row, `x·Wᵀ + b` exactly as a
+    /// plain 2-D product on the same rows.
+    #[test]
+    fn linear_on_a_transposed_3d_input_matches_the_rowwise_product() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::arange(0f32, 12.0, &dev)?.reshape((3, 4))?.affine(0.1, -0.5)?;
+        let b = Tensor::new(&[0.25f32, -1.0, 2.0], &dev)?;
+        let mut map = HashMap::new();
+        map.insert("weight".to_string(), w.clone());
+        map.insert("bias".to_string(), b.clone());
+        let lin = linear(&VarBuilder::from_tensors(map, DType::F32, &dev), 4, 3, true)?;
+        // [2, 5, 4] whose storage is [4, 5, 2] (the layout a concatenation can leave behind)
+        let x = Tensor::arange(0f32, 40.0, &dev)?
+            .reshape((4, 5, 2))?
+            .affine(0.05, -1.0)?
+            .permute((2, 1, 0))?;
+        assert!(!x.is_contiguous());
+        let got = lin.forward(&x)?;
+        assert_eq!(got.dims(), [2, 5, 3]);
+        let rows = x.contiguous()?.reshape((10, 4))?;
+        let want = rows.matmul(&w.t()?)?.broadcast_add(&b)?.reshape((2, 5, 3))?;
+        let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-6, "max |Δ| {diff}");
         Ok(())
     }
 }
