@@ -49,10 +49,5 @@ pub fn run(a: MemoryArgs) -> Result<()> {
         max_new_tokens: a.max_new_tokens,
         tokenizer: a.tokenizer,
     })?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", report.markdown());
-    }
-    Ok(())
+    super::print_report(a.json, &report, |r| r.markdown())
 }

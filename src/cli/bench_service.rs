@@ -63,10 +63,5 @@ pub fn run(a: ServiceArgs) -> Result<()> {
         policy,
         tokenizer: a.tokenizer,
     })?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", report.markdown());
-    }
-    Ok(())
+    super::print_report(a.json, &report, |r| r.markdown())
 }

@@ -12,6 +12,20 @@ pub mod serve;
 
 use std::time::Duration;
 
+/// Prints a bench report: pretty JSON with `--json`, else its markdown.
+pub fn print_report<R: serde::Serialize>(
+    json: bool,
+    report: &R,
+    markdown: impl FnOnce(&R) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", markdown(report));
+    }
+    Ok(())
+}
+
 /// A duration flag: a whole number with a unit, `ms`, `s`, `m` or `h` (`250ms`, `60s`, `10m`), or `0` for none.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();

@@ -132,7 +132,9 @@ impl Linear {
         }
         let (lead, last) = dims.split_at(dims.len() - 1);
         let rows: usize = lead.iter().product();
-        let y = self.inner.forward(&x.contiguous()?.reshape((rows, last[0]))?)?;
+        let y = self
+            .inner
+            .forward(&x.contiguous()?.reshape((rows, last[0]))?)?;
         let mut out = lead.to_vec();
         out.push(y.dim(1)?);
         Ok(y.reshape(out)?)
@@ -216,7 +218,9 @@ mod tests {
     #[test]
     fn linear_on_a_transposed_3d_input_matches_the_rowwise_product() -> Result<()> {
         let dev = Device::Cpu;
-        let w = Tensor::arange(0f32, 12.0, &dev)?.reshape((3, 4))?.affine(0.1, -0.5)?;
+        let w = Tensor::arange(0f32, 12.0, &dev)?
+            .reshape((3, 4))?
+            .affine(0.1, -0.5)?;
         let b = Tensor::new(&[0.25f32, -1.0, 2.0], &dev)?;
         let mut map = HashMap::new();
         map.insert("weight".to_string(), w.clone());
@@ -231,7 +235,10 @@ mod tests {
         let got = lin.forward(&x)?;
         assert_eq!(got.dims(), [2, 5, 3]);
         let rows = x.contiguous()?.reshape((10, 4))?;
-        let want = rows.matmul(&w.t()?)?.broadcast_add(&b)?.reshape((2, 5, 3))?;
+        let want = rows
+            .matmul(&w.t()?)?
+            .broadcast_add(&b)?
+            .reshape((2, 5, 3))?;
         let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-6, "max |Δ| {diff}");
         Ok(())
