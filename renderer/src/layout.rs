@@ -87,8 +87,23 @@ pub struct Turn {
 }
 
 impl Turn {
-    /// The bold label drawn before the turn's text, e.g. `assistant (planner) · 10:15: `.
+    /// The bold label drawn before the turn's text, e.g. `assistant (planner) · 10:15: `. It is one line: control
+    /// characters and line/paragraph separators in the role, name or time become spaces (the label is drawn, not
+    /// part of any message's bytes, so nothing is lost from the spans).
     pub fn label(&self) -> String {
+        self.raw_label()
+            .chars()
+            .map(|c| {
+                if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+                    ' '
+                } else {
+                    c
+                }
+            })
+            .collect()
+    }
+
+    fn raw_label(&self) -> String {
         let mut label = self.role.clone();
         if let Some(name) = self.name.as_deref().filter(|n| !n.is_empty()) {
             label.push_str(&format!(" ({name})"));
@@ -151,34 +166,30 @@ impl Line {
     }
 }
 
-/// Splits `text` into paragraphs the way the layout engine would see them: on `\r\n`, `\n` or `\r`.
-/// Returns each paragraph's content range and the range including its line break.
+/// Splits `text` into paragraphs on every character the Unicode bidirectional algorithm treats as a paragraph
+/// separator (class B): `\r\n`, `\n`, `\r`, U+001C–U+001E, U+0085 (NEL) and U+2029. The shaper must never see one
+/// inside a line: cosmic-text asserts that all bidi paragraphs of a line share one direction, and panicked on
+/// "שלום עולם مرحبا\u{2029}Σ" (an RTL then an LTR paragraph) found by the chat property test.
+/// Returns each paragraph's content range and the range including its separator.
 fn paragraphs(text: &str) -> Vec<(Range<usize>, Range<usize>)> {
-    let bytes = text.as_bytes();
     let mut out = Vec::new();
     let mut start = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\n' => {
-                out.push((start..i, start..i + 1));
-                i += 1;
-                start = i;
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        let end = match c {
+            '\r' if chars.peek().is_some_and(|&(_, n)| n == '\n') => {
+                chars.next();
+                i + 2
             }
-            b'\r' => {
-                let end = if bytes.get(i + 1) == Some(&b'\n') {
-                    i + 2
-                } else {
-                    i + 1
-                };
-                out.push((start..i, start..end));
-                i = end;
-                start = i;
+            '\r' | '\n' | '\u{1c}' | '\u{1d}' | '\u{1e}' | '\u{85}' | '\u{2029}' => {
+                i + c.len_utf8()
             }
-            _ => i += 1,
-        }
+            _ => continue,
+        };
+        out.push((start..i, start..end));
+        start = end;
     }
-    out.push((start..bytes.len(), start..bytes.len()));
+    out.push((start..text.len(), start..text.len()));
     out
 }
 
@@ -433,6 +444,23 @@ mod tests {
         assert_eq!(content, vec![0..1, 3..4, 5..6, 7..8]);
         let with: Vec<_> = p.iter().map(|(_, w)| w.clone()).collect();
         assert_eq!(with, vec![0..3, 3..5, 5..7, 7..8]);
+        // the other bidi paragraph separators: U+2029 (3 bytes), NEL (2 bytes), U+001C (1 byte)
+        let p = paragraphs("a\u{2029}b\u{85}c\u{1c}d");
+        let content: Vec<_> = p.iter().map(|(c, _)| c.clone()).collect();
+        assert_eq!(content, vec![0..1, 4..5, 7..8, 9..10]);
+        let with: Vec<_> = p.iter().map(|(_, w)| w.clone()).collect();
+        assert_eq!(with, vec![0..4, 4..7, 7..9, 9..10]);
+    }
+
+    #[test]
+    fn labels_stay_on_one_line() {
+        let t = Turn {
+            role: "user\n".into(),
+            content: String::new(),
+            name: Some("a\u{2029}b\rc".into()),
+            time: Some("10:15\u{85}".into()),
+        };
+        assert_eq!(t.label(), "user  (a b c) · 10:15 : ");
     }
 
     #[test]

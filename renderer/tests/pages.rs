@@ -56,6 +56,7 @@ fn nasty_text() -> impl Strategy<Value = String> {
         Just("\u{200b}\u{200d}\u{feff}".to_owned()), // zero-width characters
         Just("\u{0}\u{7}\u{1b}[0m\u{7f}".to_owned()), // control characters
         Just("שלום עולם مرحبا".to_owned()),
+        Just("\u{2029}\u{85}\u{1c}\u{2028}".to_owned()), // paragraph and line separators besides \n and \r
         Just("你好，世界。".repeat(30)),
         "[ ]{0,5}",
     ];
@@ -84,6 +85,24 @@ proptest! {
         let messages: Vec<&str> = contents.iter().map(String::as_str).collect();
         let back = reassemble(&pages, &messages);
         prop_assert_eq!(back, contents);
+    }
+}
+
+/// Found by `chat_spans_reassemble_every_turn`: a paragraph separator inside a line used to reach the shaper, which
+/// panics when the line's two bidi paragraphs run in different directions.
+#[test]
+fn paragraph_separators_between_scripts_of_both_directions_render() {
+    for sep in ["\u{2029}", "\u{85}", "\u{1c}", "\u{1d}", "\u{1e}"] {
+        let content = format!("\r\nשלום עולם مرحبا{sep}Σ and more");
+        let turns = [Turn {
+            role: "user".into(),
+            content: content.clone(),
+            ..Turn::default()
+        }];
+        let pages = paginate(Document::Chat(&turns));
+        assert_eq!(reassemble(&pages, &[&content])[0], content);
+        let pages = paginate(Document::Text(&content));
+        assert_eq!(reassemble(&pages, &[&content])[0], content);
     }
 }
 
