@@ -24,8 +24,7 @@ pub fn fuse(clip_out: &Tensor, sam_out: &Tensor) -> Result<Tensor> {
     let n = clip_out.dim(1)? - 1;
     let clip = clip_out.narrow(1, 1, n)?;
     let sam = sam_out.flatten_from(2)?.transpose(1, 2)?;
-    // contiguous: on CUDA the concatenation of a transposed operand keeps a transposed layout
-    Ok(Tensor::cat(&[&clip, &sam.to_dtype(clip.dtype())?], 2)?.contiguous()?)
+    Ok(Tensor::cat(&[&clip, &sam.to_dtype(clip.dtype())?], 2)?)
 }
 
 /// The vision half of DeepSeek-OCR, loaded from the official checkpoint layout.

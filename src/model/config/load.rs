@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Shape, Tensor};
+use candle_core::{D, DType, Device, Module, Shape, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::model::error::{ModelError, Result};
@@ -126,15 +126,12 @@ impl Linear {
     /// contiguous input gives every backend a plain GEMM.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _enter = self.span.enter();
-        let dims = x.dims();
-        if dims.len() <= 2 {
-            return Ok(self.inner.forward(x)?);
-        }
-        let (lead, last) = dims.split_at(dims.len() - 1);
+        let last = x.dim(D::Minus1)?;
+        let lead = &x.dims()[..x.rank() - 1];
         let rows: usize = lead.iter().product();
         let y = self
             .inner
-            .forward(&x.contiguous()?.reshape((rows, last[0]))?)?;
+            .forward(&x.contiguous()?.reshape((rows, last))?)?;
         let mut out = lead.to_vec();
         out.push(y.dim(1)?);
         Ok(y.reshape(out)?)
