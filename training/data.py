@@ -193,22 +193,24 @@ class CharClasses:
         return i if i is not None else self.top + (ord(ch) * 2654435761 % (1 << 32)) % self.buckets
 
 
-def aux_targets(header: dict, classes: CharClasses) -> np.ndarray:
-    """Flat indices cell * n_classes + class for every glyph centre on the page (unique)."""
+def glyph_positions(header: dict):
+    """(character, x, y) of every visible non-space glyph centre, clamped inside the page's token grid."""
     text = header["visible_text"]
-    q = header["width"] // CELL_PX
+    edge = header["width"] // CELL_PX * CELL_PX - 1e-3
     by_offset, off = {}, 0
     for ch in text:
         by_offset[off] = ch
         off += len(ch.encode("utf-8"))
-    out = set()
     for g in header["glyphs"]:
         ch = by_offset.get(int(g[0]))
-        if ch is None or ch.isspace():
-            continue
-        cx = min(q - 1, max(0, int(g[1] // CELL_PX)))
-        cy = min(q - 1, max(0, int(g[2] // CELL_PX)))
-        out.add((cy * q + cx) * classes.n + classes(ch))
+        if ch is not None and not ch.isspace():
+            yield ch, min(edge, max(0.0, float(g[1]))), min(edge, max(0.0, float(g[2])))
+
+
+def aux_targets(header: dict, classes: CharClasses) -> np.ndarray:
+    """Flat indices cell * n_classes + class for every glyph centre on the page (unique)."""
+    q = header["width"] // CELL_PX
+    out = {(int(y // CELL_PX) * q + int(x // CELL_PX)) * classes.n + classes(ch) for ch, x, y in glyph_positions(header)}
     return np.fromiter(sorted(out), dtype=np.int64, count=len(out))
 
 
@@ -218,20 +220,10 @@ def glyph_targets(header: dict, classes: CharClasses, grid: int) -> np.ndarray:
     + column). The glyph head (train.py) reads each back from its token: a per-position reading target."""
     if grid <= 0:
         return np.zeros(0, dtype=np.int64)
-    text = header["visible_text"]
     q = header["width"] // CELL_PX
     sub = CELL_PX / grid
-    by_offset, off = {}, 0
-    for ch in text:
-        by_offset[off] = ch
-        off += len(ch.encode("utf-8"))
     out = []
-    for g in header["glyphs"]:
-        ch = by_offset.get(int(g[0]))
-        if ch is None or ch.isspace():
-            continue
-        x = min(q * CELL_PX - 1e-3, max(0.0, float(g[1])))
-        y = min(q * CELL_PX - 1e-3, max(0.0, float(g[2])))
+    for ch, x, y in glyph_positions(header):
         cx, cy = int(x // CELL_PX), int(y // CELL_PX)
         sx, sy = int((x - cx * CELL_PX) // sub), int((y - cy * CELL_PX) // sub)
         out.append((((cy * q + cx) * grid + sy) * grid + sx) * classes.n + classes(ch))
@@ -305,7 +297,7 @@ class PageBatches(torch.utils.data.IterableDataset):
                     auxs.append(aux_targets(header, classes))
                     glyphs.append(glyph_targets(header, classes, cfg.get("glyph_grid", 0)))
                     nshuf += int(bool(shuffle))
-                yield collate(imgs, ids, auxs, tier, nshuf, mc, glyphs)
+                yield collate(imgs, ids, auxs, glyphs, tier, nshuf, mc)
         finally:
             rs.close()
 
@@ -319,7 +311,7 @@ def pad_indices(rows: list) -> torch.Tensor:
     return out
 
 
-def collate(imgs: list, ids: list, auxs: list, tier: str, nshuf: int, mc: int, glyphs: list | None = None) -> dict:
+def collate(imgs: list, ids: list, auxs: list, glyphs: list, tier: str, nshuf: int, mc: int) -> dict:
     """One batch: pixels, −100-padded target ids, −1-padded auxiliary and glyph indices."""
     bs = len(imgs)
     L = max(len(t) for t in ids)
@@ -327,7 +319,7 @@ def collate(imgs: list, ids: list, auxs: list, tier: str, nshuf: int, mc: int, g
     for i, t in enumerate(ids):
         tgt[i, : len(t)] = torch.tensor(t)
     return {"tier": tier, "images": torch.from_numpy(np.stack(imgs)), "targets": tgt, "aux": pad_indices(auxs),
-            "glyphs": pad_indices(glyphs or [np.zeros(0, dtype=np.int64)] * bs), "shuffled": nshuf, "max_chars": mc}
+            "glyphs": pad_indices(glyphs), "shuffled": nshuf, "max_chars": mc}
 
 
 def overfit_requests(cfg: dict, corpus: "Corpus") -> list[dict]:

@@ -137,14 +137,16 @@ class Trainer(nn.Module):
     """The exported model plus the training-only heads over the projector outputs (bag of characters per
     token, and optionally the per-sub-cell glyph reader)."""
 
-    def __init__(self, model: nn.Module, n_embed: int, n_classes: int, glyph_grid: int = 0, glyph_rank: int = 64):
+    def __init__(self, model: nn.Module, n_embed: int, n_classes: int, glyph_grid: int = 0, glyph_rank: int = 64,
+                 use_aux: bool = True):
         super().__init__()
         self.model = model
-        self.aux_head = AuxHead(n_embed, n_classes)
+        self.aux_head = AuxHead(n_embed, n_classes)  # kept even when unused: checkpoints and evaluation carry it
+        self.use_aux = use_aux
         self.glyph_head = GlyphHead(n_embed, n_classes, glyph_grid, glyph_rank) if glyph_grid > 0 else None
 
     def forward(self, input_ids, pixel_values, images_seq_mask, labels, glyph_idx=None, encoder_only=False):
-        """→ (CE loss or None when encoder_only, bag logits, glyph (logits, classes) or None)."""
+        """→ (CE loss or None when encoder_only, bag logits or None when unused, glyph (logits, classes) or None)."""
         if encoder_only:
             ce, vt = None, self.model.encode_images(pixel_values)
         else:
@@ -152,7 +154,7 @@ class Trainer(nn.Module):
                              return_logits=False)
             ce, vt = out.loss, out.vision_tokens
         glyph = self.glyph_head(vt, glyph_idx) if self.glyph_head is not None and glyph_idx is not None else None
-        return ce, self.aux_head(vt), glyph
+        return ce, self.aux_head(vt) if self.use_aux else None, glyph
 
 
 def pixels(images_u8: torch.Tensor) -> torch.Tensor:
@@ -287,7 +289,8 @@ def main():
         model = DeepseekOCR.from_config(cfg, seed=args.seed)
     if cfg.decoder.vocab_size != tok.get_vocab_size():
         raise SystemExit(f"vocab_size {cfg.decoder.vocab_size} != tokenizer {tok.get_vocab_size()}")
-    trainer = Trainer(model, cfg.n_embed, classes.n, args.glyph_grid if args.glyph_weight > 0 else 0, args.glyph_rank)
+    glyph_grid = args.glyph_grid if args.glyph_weight > 0 else 0  # 0: no glyph head, no glyph targets
+    trainer = Trainer(model, cfg.n_embed, classes.n, glyph_grid, args.glyph_rank, use_aux=args.aux_weight > 0)
     if state is not None:
         missing, unexpected = trainer.load_state_dict(state["trainer"], strict=False)
         if [k for k in missing if not k.startswith("glyph_head.")] or unexpected:
@@ -368,7 +371,7 @@ def main():
         "tiers": tiers, "batch": {"tiny": args.batch_tiny, "small": args.batch_small, "base": args.batch_base},
         "curriculum": args.curriculum, "min_max_chars": args.min_max_chars, "max_chars": parse_max_chars(args.max_chars),
         "max_target_tokens": args.max_target_tokens, "shuffle_share": args.shuffle_share,
-        "scramble_share": args.scramble_share, "glyph_grid": args.glyph_grid if args.glyph_weight > 0 else 0,
+        "scramble_share": args.scramble_share, "glyph_grid": glyph_grid,
         "overfit": args.overfit, "overfit_chars": args.overfit_chars, "overfit_seed": args.seed,
     }
     loader = torch.utils.data.DataLoader(
@@ -424,11 +427,10 @@ def main():
         shutil.rmtree(tmp_exp, ignore_errors=True)
         model.save_pretrained(tmp_exp, dtype=torch.bfloat16, max_shard_bytes=14 * 2**20,
                               metadata={"pages_seen": str(pages_before + pages), "step": str(step)})
-        torch.save({k: v.to(torch.bfloat16) for k, v in trainer.aux_head.state_dict().items()},
-                   os.path.join(tmp_exp, "aux_head.pt"))
-        if trainer.glyph_head is not None:
-            torch.save({k: v.to(torch.bfloat16) for k, v in trainer.glyph_head.state_dict().items()},
-                       os.path.join(tmp_exp, "glyph_head.pt"))
+        for name, head in (("aux_head", trainer.aux_head), ("glyph_head", trainer.glyph_head)):
+            if head is not None:
+                torch.save({k: v.to(torch.bfloat16) for k, v in head.state_dict().items()},
+                           os.path.join(tmp_exp, f"{name}.pt"))
         if final and summary_rec is not None:
             with open(os.path.join(tmp_exp, "summary.json"), "w", encoding="utf-8") as f:
                 json.dump(summary_rec, f, indent=1, ensure_ascii=False)
@@ -462,7 +464,7 @@ def main():
         tier = batch["tier"]
         imgs = batch["images"].to(dev, non_blocking=True)
         tg = batch["targets"].to(dev, non_blocking=True)
-        aux_idx = batch["aux"].to(dev, non_blocking=True)
+        aux_idx = batch["aux"].to(dev, non_blocking=True) if trainer.use_aux else None
         glyph_idx = batch["glyphs"].to(dev, non_blocking=True) if trainer.glyph_head is not None else None
         enc_only = time.time() - t_loop < args.encoder_seconds  # counted from the first step, not the set-up
         q = imgs.shape[-1] // D.CELL_PX
@@ -472,8 +474,11 @@ def main():
             g["lr"] = lr * g.get("lr_mult", 1.0)
         with torch.autocast(dev.type, dtype=torch.bfloat16):
             ce, aux_logits, glyph = net(ids, pixels(imgs), mask, labels, glyph_idx, enc_only)
-            al = aux_loss(aux_logits, aux_idx)
-            loss = args.aux_weight * al
+            loss = 0.0
+            if aux_logits is not None:
+                al = aux_loss(aux_logits, aux_idx)
+                loss = loss + args.aux_weight * al
+                aux_acc = aux_acc + al.detach()
             if ce is not None:
                 loss = loss + ce
             if glyph is not None:
@@ -491,13 +496,12 @@ def main():
         if ce is not None:
             loss_acc = loss_acc + ce.detach()  # stays on the device: no host sync per step
             n_ce += 1
-        aux_acc = aux_acc + al.detach()
         n_acc += 1
         comp_s += time.time() - t1
         now = time.time()
         if rank == 0 and now - t_last_log >= 20:
             log({"event": "train", "step": step, "pages": pages_before + pages, "elapsed": round(now - t_start, 1),
-                 "loss": round(float(loss_acc) / n_ce, 4) if n_ce else None, "aux": round(float(aux_acc) / n_acc, 3),
+                 "loss": round(float(loss_acc) / n_ce, 4) if n_ce else None, "aux": round(float(aux_acc) / n_acc, 3) if trainer.use_aux else None,
                  "glyph": round(float(glyph_acc) / n_acc, 3) if trainer.glyph_head is not None else None,
                  "encoder_only": enc_only, "lr": round(lr, 6),
                  "gnorm": round(float(gn), 3), "pages_per_s": round(pages / (now - t_loop), 1),
