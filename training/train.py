@@ -64,6 +64,10 @@ def parse_args():
                     help="weight of the glyph loss: each glyph's character read back from its token's sub-cell")
     ap.add_argument("--glyph-grid", type=int, default=8, help="sub-cells per side of a token's 64-px cell")
     ap.add_argument("--glyph-rank", type=int, default=64, help="width of the glyph head's per-sub-cell code")
+    ap.add_argument("--stage-glyph-weight", type=float, default=0.0,
+                    help="weight of the glyph loss read from inside the encoder (deep supervision): from the SAM neck "
+                         "(16-px cells) and from net_2 (32-px cells), the same glyphs and 8-px sub-cells as the "
+                         "token-level head; needs --glyph-grid 8")
     ap.add_argument("--encoder-seconds", type=float, default=0.0,
                     help="first seconds of this run train the encoder alone on the auxiliary losses (no decoder)")
     ap.add_argument("--workers", type=int, default=12)
@@ -133,17 +137,55 @@ class GlyphHead(nn.Module):
         return self.cls(F.gelu(rows)), idx[valid] % self.n_classes
 
 
+def regrid(idx: torch.Tensor, n_classes: int, q: int, grid: int, cell_px: int) -> torch.Tensor:
+    """Token-level glyph indices (64-px cells of a q × q grid, grid × grid sub-cells) → the same glyphs and
+    sub-cells indexed on a finer grid of cell_px cells (cell_px * grid / 64 sub-cells per side); −1 stays −1."""
+    g = cell_px * grid // D.CELL_PX
+    n = q * D.CELL_PX // cell_px
+    valid = idx >= 0
+    cls, sub = idx.clamp(min=0) % n_classes, idx.clamp(min=0) // n_classes
+    tok, r = sub // (grid * grid), sub % (grid * grid)
+    y, x = (tok // q) * grid + r // grid, (tok % q) * grid + r % grid
+    fine = (((y // g) * n + x // g) * g + y % g) * g + x % g
+    return torch.where(valid, fine * n_classes + cls, torch.full_like(idx, -1))
+
+
+# Deep supervision taps inside the DeepEncoder: (stage name, module path under the model, cell size in pixels).
+STAGES = (("sam_neck", "sam_model.neck", 16), ("sam_net_2", "sam_model.proj.conv1", 32))
+
+
 class Trainer(nn.Module):
     """The exported model plus the training-only heads over the projector outputs (bag of characters per
     token, and optionally the per-sub-cell glyph reader)."""
 
     def __init__(self, model: nn.Module, n_embed: int, n_classes: int, glyph_grid: int = 0, glyph_rank: int = 64,
-                 use_aux: bool = True):
+                 use_aux: bool = True, token_glyph: bool = True, stage_glyph: bool = False):
         super().__init__()
         self.model = model
         self.aux_head = AuxHead(n_embed, n_classes)  # kept even when unused: checkpoints and evaluation carry it
         self.use_aux = use_aux
-        self.glyph_head = GlyphHead(n_embed, n_classes, glyph_grid, glyph_rank) if glyph_grid > 0 else None
+        self.glyph_grid = glyph_grid
+        self.glyph_head = GlyphHead(n_embed, n_classes, glyph_grid, glyph_rank) if glyph_grid > 0 and token_glyph else None
+        # deep supervision: glyph heads on the SAM neck and net_2 feature maps, captured by forward hooks
+        self.stage_heads = nn.ModuleDict()
+        self._stage_out: dict[str, torch.Tensor] = {}
+        if stage_glyph and glyph_grid > 0:
+            for name, path, cell in STAGES:
+                module = model.get_submodule(path)
+                chans = next(p for n, p in module.named_parameters() if n.endswith("weight")).shape[0]
+                self.stage_heads[name] = GlyphHead(chans, n_classes, cell * glyph_grid // D.CELL_PX, glyph_rank)
+                module.register_forward_hook(lambda _m, _i, out, name=name: self._stage_out.__setitem__(name, out))
+
+    def stage_glyphs(self, glyph_idx: torch.Tensor, q: int) -> list:
+        """(stage, logits, classes) of every deep-supervision head on the last forward's feature maps."""
+        out = []
+        for name, _path, cell in STAGES:
+            if name in self.stage_heads and name in self._stage_out:
+                fmap = self._stage_out[name]  # NCHW
+                idx = regrid(glyph_idx, self.stage_heads[name].n_classes, q, self.glyph_grid, cell)
+                out.append((name, *self.stage_heads[name](fmap.flatten(2).transpose(1, 2), idx)))
+        self._stage_out.clear()
+        return out
 
     def forward(self, input_ids, pixel_values, images_seq_mask, labels, glyph_idx=None, encoder_only=False):
         """→ (CE loss or None when encoder_only, bag logits or None when unused, glyph (logits, classes) or None)."""
@@ -289,11 +331,15 @@ def main():
         model = DeepseekOCR.from_config(cfg, seed=args.seed)
     if cfg.decoder.vocab_size != tok.get_vocab_size():
         raise SystemExit(f"vocab_size {cfg.decoder.vocab_size} != tokenizer {tok.get_vocab_size()}")
-    glyph_grid = args.glyph_grid if args.glyph_weight > 0 else 0  # 0: no glyph head, no glyph targets
-    trainer = Trainer(model, cfg.n_embed, classes.n, glyph_grid, args.glyph_rank, use_aux=args.aux_weight > 0)
+    # 0: no glyph head, no glyph targets
+    glyph_grid = args.glyph_grid if args.glyph_weight > 0 or args.stage_glyph_weight > 0 else 0
+    if args.stage_glyph_weight > 0 and args.glyph_grid != 8:
+        raise SystemExit("--stage-glyph-weight needs --glyph-grid 8 (8-px sub-cells at every stage)")
+    trainer = Trainer(model, cfg.n_embed, classes.n, glyph_grid, args.glyph_rank, use_aux=args.aux_weight > 0,
+                      token_glyph=args.glyph_weight > 0, stage_glyph=args.stage_glyph_weight > 0)
     if state is not None:
         missing, unexpected = trainer.load_state_dict(state["trainer"], strict=False)
-        if [k for k in missing if not k.startswith("glyph_head.")] or unexpected:
+        if [k for k in missing if not k.startswith(("glyph_head.", "stage_heads."))] or unexpected:
             raise SystemExit(f"checkpoint does not fit: missing {missing}, unexpected {unexpected}")
     elif args.resume:
         aux_path = args.resume_aux or os.path.join(args.resume, "aux_head.pt")
@@ -405,8 +451,13 @@ def main():
                              # does the encoder see which characters are in each cell? own page vs another page's
                              "aux_recall": round(aux_recall(lg, tgt), 4),
                              "aux_recall_other": round(aux_recall(lg.roll(1, 0), tgt), 4)}
-                if trainer.glyph_head is not None:  # top-1 of each glyph read back from its sub-cell
+                if glyph_grid > 0:  # top-1 of each glyph read back from its sub-cell
                     gi = D.pad_indices([D.glyph_targets(p[0], classes, args.glyph_grid) for p in pages]).to(dev)
+                    if len(trainer.stage_heads):
+                        model.encode_images(pixels(imgs))  # the hooks keep the real page's feature maps
+                    for name, glg, gcl in trainer.stage_glyphs(gi, q):  # the stage heads on the real page
+                        res[tier][f"glyph_acc_{name}"] = round(float((glg.argmax(-1) == gcl).float().mean()), 4)
+                if trainer.glyph_head is not None:
                     for key, vt in (("glyph_acc", out.vision_tokens), ("glyph_acc_other", out.vision_tokens.roll(1, 0))):
                         glg, gcl = trainer.glyph_head(vt, gi)
                         res[tier][key] = round(float((glg.argmax(-1) == gcl).float().mean()), 4)
@@ -427,7 +478,8 @@ def main():
         shutil.rmtree(tmp_exp, ignore_errors=True)
         model.save_pretrained(tmp_exp, dtype=torch.bfloat16, max_shard_bytes=14 * 2**20,
                               metadata={"pages_seen": str(pages_before + pages), "step": str(step)})
-        for name, head in (("aux_head", trainer.aux_head), ("glyph_head", trainer.glyph_head)):
+        for name, head in (("aux_head", trainer.aux_head), ("glyph_head", trainer.glyph_head),
+                           ("stage_heads", trainer.stage_heads if len(trainer.stage_heads) else None)):
             if head is not None:
                 torch.save({k: v.to(torch.bfloat16) for k, v in head.state_dict().items()},
                            os.path.join(tmp_exp, f"{name}.pt"))
@@ -442,6 +494,7 @@ def main():
     pages_local = 0
     step, pages, t_last_log, t_last_eval, t_last_ckpt = step0, 0, time.time(), time.time(), time.time()
     wait_s, comp_s, loss_acc, aux_acc, glyph_acc, n_acc, n_ce, shuf = 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0
+    stage_acc = 0.0
     trainer.train()
     if rank == 0:
         log({"event": "eval", "step": step, "pages": pages_before, "tf": evaluate_tf()})
@@ -465,7 +518,7 @@ def main():
         imgs = batch["images"].to(dev, non_blocking=True)
         tg = batch["targets"].to(dev, non_blocking=True)
         aux_idx = batch["aux"].to(dev, non_blocking=True) if trainer.use_aux else None
-        glyph_idx = batch["glyphs"].to(dev, non_blocking=True) if trainer.glyph_head is not None else None
+        glyph_idx = batch["glyphs"].to(dev, non_blocking=True) if glyph_grid > 0 else None
         enc_only = time.time() - t_loop < args.encoder_seconds  # counted from the first step, not the set-up
         q = imgs.shape[-1] // D.CELL_PX
         ids, mask, labels = build_inputs(tg, q * (q + 1) + 1, prompt_ids, image_id, eos)
@@ -485,6 +538,11 @@ def main():
                 gl = F.cross_entropy(glyph[0].float(), glyph[1])
                 loss = loss + args.glyph_weight * gl
                 glyph_acc = glyph_acc + gl.detach()
+            if len(trainer.stage_heads):
+                for _name, slg, scl in trainer.stage_glyphs(glyph_idx, q):
+                    sl = F.cross_entropy(slg.float(), scl)
+                    loss = loss + args.stage_glyph_weight * sl
+                    stage_acc = stage_acc + sl.detach()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(trainer.parameters(), 1.0)
@@ -503,11 +561,12 @@ def main():
             log({"event": "train", "step": step, "pages": pages_before + pages, "elapsed": round(now - t_start, 1),
                  "loss": round(float(loss_acc) / n_ce, 4) if n_ce else None, "aux": round(float(aux_acc) / n_acc, 3) if trainer.use_aux else None,
                  "glyph": round(float(glyph_acc) / n_acc, 3) if trainer.glyph_head is not None else None,
+                 "stage_glyph": round(float(stage_acc) / n_acc / len(trainer.stage_heads), 3) if len(trainer.stage_heads) else None,
                  "encoder_only": enc_only, "lr": round(lr, 6),
                  "gnorm": round(float(gn), 3), "pages_per_s": round(pages / (now - t_loop), 1),
                  "data_wait": round(wait_s / max(1e-9, wait_s + comp_s), 3), "max_chars": batch["max_chars"],
                  "tier": tier, "mem_gib": round(torch.cuda.max_memory_allocated(dev) / 2**30, 2) if is_cuda else 0})
-            t_last_log, loss_acc, aux_acc, glyph_acc, n_acc, n_ce = now, 0.0, 0.0, 0.0, 0, 0
+            t_last_log, loss_acc, aux_acc, glyph_acc, stage_acc, n_acc, n_ce = now, 0.0, 0.0, 0.0, 0.0, 0, 0
         if rank == 0 and now - t_last_eval >= args.eval_every:
             log({"event": "eval", "step": step, "pages": pages_before + pages, "elapsed": round(now - t_start, 1),
                  "tf": evaluate_tf()})
