@@ -18,7 +18,7 @@ use optimem_store::{OnModelMismatch, OpenOptions, SledStore, StoreError};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum OnModelChange {
     /// Start, and re-encode the stale pages from their stored rasters in the background (one atomic write per page;
-    /// until its turn, a stale page answers OPTICAL and EMBEDDINGS recalls with FAILED_PRECONDITION).
+    /// an OPTICAL or EMBEDDINGS recall of a page not yet re-encoded encodes it first).
     Reencode,
     /// Refuse to start, naming both models.
     Refuse,
