@@ -568,27 +568,39 @@ fn reencoding_after_a_model_change_restamps_each_page_from_its_raster() {
     assert_eq!(report.previous_model_id.as_deref(), Some(a.model_id()));
     assert_eq!(report.stale_pages, written.len() as u64);
     let m = Memory::new(store.clone(), b.clone(), config(small_then_tiny())).expect("memory");
-    // Another model's tokens are refused, not fed to this decoder.
-    for mode in [RecallMode::Embeddings, RecallMode::Optical] {
-        let err = m
-            .recall(&s, &Selector::LastPages(1), mode, Budget::default())
-            .expect_err("stale");
-        assert_eq!(err.code(), ErrorCode::FailedPrecondition, "{err}");
-    }
+    assert_eq!(m.pages_to_encode(), written.len());
     // A run stopped before its first page changes nothing.
     let stopped = m.reencode_stale(&AtomicBool::new(true)).expect("stopped");
     assert!(stopped.stopped && stopped.reencoded.is_empty());
     assert_eq!(store.stale_pages(None).expect("stale").len(), written.len());
 
+    // Another model's tokens are never fed to this decoder: a recall that needs the newest page encodes it now.
+    let got = m
+        .recall(
+            &s,
+            &Selector::LastPages(1),
+            RecallMode::Embeddings,
+            Budget::default(),
+        )
+        .expect("encoded on demand");
+    assert_eq!(got[0].meta.model_id, b.model_id());
+    assert_eq!(
+        store.stale_pages(None).expect("stale").len(),
+        written.len() - 1
+    );
+    assert_eq!(m.pages_to_encode(), written.len() - 1);
+
     let done = m.reencode_stale(&AtomicBool::new(false)).expect("reencode");
     assert!(!done.stopped);
-    assert_eq!(done.reencoded.len(), written.len());
+    assert_eq!(done.reencoded.len(), written.len() - 1);
+    assert_eq!(m.pages_to_encode(), 0);
     let now = store
         .get_pages(&s, &PageSelector::LastN(10), PageParts::ALL)
         .expect("pages");
     for (old, new) in written.iter().zip(&now) {
         assert_eq!(new.meta.model_id, b.model_id());
-        assert_eq!(new.meta.generation, old.meta.generation + 1);
+        // Filling in tokens does not change what the page shows, nor its generation.
+        assert_eq!(new.meta.generation, old.meta.generation);
         assert_eq!(
             (new.meta.id, new.meta.tier, &new.meta.spans, &new.raster_png),
             (old.meta.id, old.meta.tier, &old.meta.spans, &old.raster_png)
@@ -619,4 +631,78 @@ fn reencoding_after_a_model_change_restamps_each_page_from_its_raster() {
         Budget::default(),
     )
     .expect("fresh tokens");
+}
+
+/// Write-behind without an encoder running: Remember stores pages pending and never touches the engine; a recall that
+/// needs their tokens encodes them on its own thread and stores them (checked by generation), exactly as the encoder
+/// would; one that does not (EXACT, IMAGES) leaves them pending.
+#[test]
+fn write_behind_pages_are_encoded_on_demand_by_the_recall_that_needs_them() {
+    let f = fixture(4, true);
+    let cfg = MemoryConfig {
+        encode: optimem::memory::EncodeMode::Background,
+        ..config(small_then_tiny())
+    };
+    let m = Memory::new(f.store.clone(), f.engine.clone(), cfg).expect("memory");
+    let s = scope("uma");
+    let r = m
+        .remember(&s, &[msg("user", &long_text(6))])
+        .expect("remember");
+    let n = r.pages.len();
+    assert!(n >= 2 && r.pages.iter().all(|p| p.pending && p.embeddings == 0));
+    assert_eq!(f.engine.stats().encodes, 0, "Remember encoded");
+    assert_eq!(m.pages_to_encode(), n);
+    for mode in [RecallMode::Exact, RecallMode::Images] {
+        m.recall(&s, &Selector::LastPages(n), mode, Budget::default())
+            .expect("never waits");
+    }
+    assert_eq!(f.engine.stats().encodes, 0);
+    assert_eq!(f.store.stats(None).expect("stats").pending_pages, n as u64);
+
+    let newest = m
+        .recall(
+            &s,
+            &Selector::LastPages(1),
+            RecallMode::Embeddings,
+            Budget::default(),
+        )
+        .expect("embeddings");
+    assert!(!newest[0].meta.is_pending() && newest[0].meta.token_rows() > 0);
+    let Recalled::Embeddings { shape, .. } = &newest[0].content else {
+        panic!("not embeddings: {:?}", newest[0].content)
+    };
+    assert_eq!(u64::from(shape[0]), newest[0].meta.token_rows());
+    // Stored, at the page's generation, and off the backlog; the tokens read back are the ones returned.
+    let stored = f
+        .store
+        .get_pages(
+            &s,
+            &PageSelector::Ids(vec![newest[0].meta.id]),
+            PageParts::ALL,
+        )
+        .expect("page");
+    assert_eq!(stored[0].meta, newest[0].meta);
+    assert_eq!(f.engine.stats().encodes, 1);
+    assert_eq!(m.pages_to_encode(), n - 1);
+
+    // OPTICAL over every page encodes the rest (once each) and decodes them all.
+    let all = m
+        .recall(
+            &s,
+            &Selector::LastPages(n),
+            RecallMode::Optical,
+            Budget::default(),
+        )
+        .expect("optical");
+    assert_eq!(all.len(), n);
+    assert_eq!(f.engine.stats().encodes, n as u64);
+    assert_eq!(m.pages_to_encode(), 0);
+    assert_eq!(f.store.stats(None).expect("stats").pending_pages, 0);
+    // Nothing left to do for a catch-up run either.
+    assert!(
+        m.reencode_stale(&AtomicBool::new(false))
+            .expect("run")
+            .reencoded
+            .is_empty()
+    );
 }

@@ -4,8 +4,10 @@
 //! is up; requests in flight then finish and count, and every client recalls at least once however short the run.
 //!
 //! Reported per RPC: completed requests per second, latency percentiles of the successful ones, and failures by gRPC
-//! code, `RESOURCE_EXHAUSTED` (a full engine queue; the client backs off before its next call) apart. The stage spans
-//! of the pipeline ([`super::StageTimes`]) and the engine's own counters say where the time went.
+//! code, `RESOURCE_EXHAUSTED` (a full engine queue or encoding backlog; the client backs off before its next call)
+//! apart. The stage spans of the pipeline ([`super::StageTimes`]) and the engine's own counters say where the time
+//! went. With write-behind encoding (the server's default) the run then waits, server still up, until the encoder has
+//! drained the backlog the clients left, and reports how long that took.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -20,7 +22,7 @@ use tonic::Code;
 
 use super::{BenchError, Latency, StageTimes, chat_turn, runtime_with};
 use crate::engine::{Engine, EngineConfig, EngineStats};
-use crate::memory::{Memory, MemoryConfig, TierPolicy};
+use crate::memory::{EncodeMode, Memory, MemoryConfig, TierPolicy};
 use crate::metrics::TextTokenizer;
 use crate::service::ServerConfig;
 use crate::service::pb::memory_client::MemoryClient;
@@ -47,6 +49,10 @@ pub struct ServiceBenchOptions {
     pub policy: TierPolicy,
     /// tokenizer.json that sizes the turns (default: DeepSeek-V3 from assets/, else the model's).
     pub tokenizer: Option<PathBuf>,
+    /// When Remember's pages get their tokens (the server's `--encode`).
+    pub encode: EncodeMode,
+    /// Pages that may wait for their tokens (the server's `--max-pending`).
+    pub max_pending: usize,
 }
 
 /// One RPC's figures.
@@ -94,6 +100,13 @@ pub struct ServiceReport {
     pub engine: EngineSummary,
     /// Pages in the store at the end, by tier (tiny, small, base, large, gundam).
     pub pages_per_tier: [u64; 5],
+    /// `sync` or `background` (write-behind).
+    pub encode: String,
+    pub max_pending: usize,
+    /// Pages waiting for their tokens when the last client finished, and the time the encoder then took to store them
+    /// all (the server still up, no clients).
+    pub pending_at_end: usize,
+    pub drain_s: f64,
 }
 
 /// The engine's counters over the run, as rates.
@@ -184,6 +197,8 @@ pub fn run(opts: &ServiceBenchOptions) -> Result<ServiceReport, BenchError> {
         let cfg = MemoryConfig {
             max_new_tokens: opts.max_new_tokens,
             policy: opts.policy.clone(),
+            encode: opts.encode,
+            max_pending: opts.max_pending,
             ..MemoryConfig::default()
         };
         Ok(Arc::new(Memory::new(
@@ -194,7 +209,7 @@ pub fn run(opts: &ServiceBenchOptions) -> Result<ServiceReport, BenchError> {
     })?;
 
     let rt = runtime_with(dispatch)?;
-    let (samples, elapsed) = rt.block_on(drive(memory.clone(), opts, turns))?;
+    let (samples, elapsed, drain) = rt.block_on(drive(memory.clone(), opts, turns))?;
     drop(rt);
 
     let engine = EngineSummary::of(&memory.engine().stats(), elapsed);
@@ -258,21 +273,29 @@ pub fn run(opts: &ServiceBenchOptions) -> Result<ServiceReport, BenchError> {
         stages,
         engine,
         pages_per_tier: StoreTier::ALL.map(|t| stats.pages_at(t)),
+        encode: format!("{:?}", opts.encode).to_lowercase(),
+        max_pending: opts.max_pending,
+        pending_at_end: drain.0,
+        drain_s: drain.1.as_secs_f64(),
     })
 }
 
-/// Starts the server, runs the clients, stops the server; the samples and the time from start to the last answer.
+/// How often the drain wait looks at the backlog.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+
+/// Starts the server, runs the clients, waits for the encoder to drain the backlog, stops the server; the samples, the
+/// time from start to the last answer, and the backlog left by the clients with the time it took to drain.
 async fn drive(
     memory: Arc<Memory>,
     opts: &ServiceBenchOptions,
     turns: Arc<Vec<String>>,
-) -> Result<(Vec<Sample>, Duration), BenchError> {
+) -> Result<(Vec<Sample>, Duration, (usize, Duration)), BenchError> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(crate::service::run(
         listener,
-        memory,
+        memory.clone(),
         ServerConfig::default(),
         async {
             let _ = stopped.await;
@@ -299,11 +322,17 @@ async fn drive(
         samples.extend(t.await.map_err(|e| BenchError::Client(e.to_string()))?);
     }
     let elapsed = start.elapsed();
+    let pending_at_end = memory.pages_to_encode();
+    let drained = Instant::now();
+    while memory.pages_to_encode() > 0 {
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+    let drain = drained.elapsed();
     let _ = stop.send(());
     server
         .await
         .map_err(|e| BenchError::Client(format!("server task: {e}")))??;
-    Ok((samples, elapsed))
+    Ok((samples, elapsed, (pending_at_end, drain)))
 }
 
 /// One client: remember a turn, recall the newest page, until `deadline`.
@@ -386,14 +415,16 @@ impl ServiceReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "model `{}` on {} · {} clients · {:.0} s (ran {:.1} s) · engine queue {} · tiers {} · turns ≈ {:.0} text \
-             tokens ({}) · recall decodes ≤ {} tokens/page\n",
+            "model `{}` on {} · {} clients · {:.0} s (ran {:.1} s) · engine queue {} · encode {} (≤ {} pending) · \
+             tiers {} · turns ≈ {:.0} text tokens ({}) · recall decodes ≤ {} tokens/page\n",
             self.model,
             self.device,
             self.clients,
             self.duration_s,
             self.elapsed_s,
             self.queue,
+            self.encode,
+            self.max_pending,
             self.policy,
             self.turn_text_tokens,
             self.tokenizer,
@@ -457,7 +488,8 @@ impl ServiceReport {
             s,
             "\nEngine: {} jobs, busy {:.0}% of the run; queue wait mean {:.0} ms, max {:.0} ms; {} refused (queue \
              full). Encode {:.0} ms/page over {} pages. Decode {} pages ({} cancelled), {} tokens, {:.1} ms/token. \
-             Pages stored by tier (tiny/small/base/large/gundam): {:?}.",
+             Pages stored by tier (tiny/small/base/large/gundam): {:?}. Backlog at the end: {} pages waiting for \
+             tokens, drained in {:.1} s.",
             e.jobs,
             e.busy_share * 100.0,
             e.mean_queue_wait_ms,
@@ -469,7 +501,9 @@ impl ServiceReport {
             e.decodes_cancelled,
             e.tokens_generated,
             e.decode_ms_per_token,
-            self.pages_per_tier
+            self.pages_per_tier,
+            self.pending_at_end,
+            self.drain_s
         );
         s
     }

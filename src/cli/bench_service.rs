@@ -6,6 +6,9 @@ use std::time::Duration;
 use anyhow::Result;
 use optimem::bench::service::{ServiceBenchOptions, run as run_bench};
 use optimem::engine::DEFAULT_QUEUE;
+use optimem::memory::DEFAULT_MAX_PENDING;
+
+use super::serve::Encode;
 
 #[derive(clap::Args)]
 pub struct ServiceArgs {
@@ -36,6 +39,12 @@ pub struct ServiceArgs {
     /// tokenizer.json that sizes the turns (default: the DeepSeek-V3 one in assets/, else the model's).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
+    /// When Remember's pages get their vision tokens, as `serve --encode`.
+    #[arg(long, value_enum, default_value_t = Encode::Background)]
+    encode: Encode,
+    /// Pages that may wait for their tokens, as `serve --max-pending`.
+    #[arg(long, default_value_t = DEFAULT_MAX_PENDING)]
+    max_pending: usize,
     /// Print the report as JSON instead of markdown.
     #[arg(long)]
     json: bool,
@@ -62,6 +71,8 @@ pub fn run(a: ServiceArgs) -> Result<()> {
         backoff: a.backoff,
         policy,
         tokenizer: a.tokenizer,
+        encode: a.encode.into(),
+        max_pending: a.max_pending,
     })?;
     super::print_report(a.json, &report, |r| r.markdown())
 }

@@ -1,7 +1,7 @@
 //! `optimem serve`: loads the model and the store, then serves `optimem.v1.Memory` (with health and reflection) until
 //! Ctrl-C or SIGTERM, finishing in-flight requests and flushing the store before exiting. Ages the store in the
 //! background every `--age-every`, and after a model change re-encodes the store's pages from their rasters (or, with
-//! `--on-model-change refuse`, will not start).
+//! `--on-model-change refuse`, will not start). Remember's vision tokens are written behind by default (`--encode`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use optimem::engine::{DEFAULT_QUEUE, Engine, EngineConfig};
-use optimem::memory::{Limits, Memory, MemoryConfig};
+use optimem::memory::{DEFAULT_MAX_PENDING, EncodeMode, Limits, Memory, MemoryConfig};
 use optimem::service::{AuthToken, ServerConfig};
 use optimem_store::{OnModelMismatch, OpenOptions, SledStore, StoreError};
 
@@ -18,10 +18,29 @@ use optimem_store::{OnModelMismatch, OpenOptions, SledStore, StoreError};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum OnModelChange {
     /// Start, and re-encode the stale pages from their stored rasters in the background (one atomic write per page;
-    /// until its turn, a stale page answers OPTICAL and EMBEDDINGS recalls with FAILED_PRECONDITION).
+    /// an OPTICAL or EMBEDDINGS recall of a page not yet re-encoded encodes it first).
     Reencode,
     /// Refuse to start, naming both models.
     Refuse,
+}
+
+/// When Remember's pages get their vision tokens (`serve --encode`, `bench service --encode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Encode {
+    /// Before Remember replies: the reply waits for the model (offline use).
+    Sync,
+    /// After: Remember stores raster, source and metadata durably and replies; a background thread encodes the tokens
+    /// (an OPTICAL or EMBEDDINGS recall of a page still pending encodes it on the spot).
+    Background,
+}
+
+impl From<Encode> for EncodeMode {
+    fn from(e: Encode) -> Self {
+        match e {
+            Encode::Sync => EncodeMode::Sync,
+            Encode::Background => EncodeMode::Background,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -59,6 +78,12 @@ pub struct ServeArgs {
     /// When the store's pages were encoded by another model than --model.
     #[arg(long, value_enum, default_value_t = OnModelChange::Reencode)]
     on_model_change: OnModelChange,
+    /// When Remember's pages get their vision tokens.
+    #[arg(long, value_enum, default_value_t = Encode::Background)]
+    encode: Encode,
+    /// With --encode background: pages that may wait for their tokens; beyond it Remember gets RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = DEFAULT_MAX_PENDING)]
+    max_pending: usize,
 }
 
 pub fn serve(a: ServeArgs) -> Result<()> {
@@ -93,6 +118,18 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         }
     };
     let report = store.open_report();
+    if let Some(from) = report.migrated_from {
+        eprintln!(
+            "optimem: migrated the store from schema {from} to {}",
+            optimem_store::SCHEMA_VERSION
+        );
+    }
+    if report.pending_pages > 0 {
+        eprintln!(
+            "optimem: {} page(s) wait for their vision tokens; encoding them in the background",
+            report.pending_pages
+        );
+    }
     if report.stale_pages > 0 {
         eprintln!(
             "optimem: {} page(s) hold tokens of {}; re-encoding them from their rasters in the background",
@@ -112,6 +149,8 @@ pub fn serve(a: ServeArgs) -> Result<()> {
                 .min(a.max_request_text_bytes),
             max_recall_pages: a.max_recall_pages,
         },
+        encode: a.encode.into(),
+        max_pending: a.max_pending,
         ..MemoryConfig::default()
     };
     let memory = Arc::new(Memory::new(Arc::new(store), Arc::new(engine), cfg)?);

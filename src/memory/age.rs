@@ -2,18 +2,16 @@
 //! stored raster is downsampled to the lower tier's size (the same layout, optically blurred), re-encoded at that
 //! tier, and its tier, raster and tokens replaced in one atomic `update_page`. Pages never move up.
 //!
-//! Re-encoding after a model change lives here too: a page whose tokens another model made is encoded again from its
-//! stored raster at its own tier, in the same kind of atomic `update_page` (DESIGN.md §4).
+//! A page whose tokens are still pending (write-behind) is downsampled and left pending: the encoder encodes it once,
+//! at its new tier. Re-encoding after a model change lives with the encoder (`encoder.rs`).
 //!
-//! Both run page by page and can be stopped between pages (a server shutting down): every page is either moved or
+//! Ageing runs page by page and can be stopped between pages (a server shutting down): every page is either moved or
 //! left as it was, and the next run picks up the rest.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use optimem_renderer::{GrayImage, Tier, downsample};
-use optimem_store::{
-    PageId, PageMeta, PageParts, PageSelector, PageUpdate, Scope, StoreError, VisionTokens,
-};
+use optimem_store::{PageId, PageMeta, PageParts, PageSelector, PageUpdate, Scope, StoreError};
 
 use super::policy::{from_store, sharpness, to_store};
 use super::{Memory, MemoryError, Result};
@@ -36,18 +34,6 @@ pub struct AgeReport {
     /// Pages changed by someone else while being aged (left for the next run).
     pub skipped: usize,
     /// True when the run was stopped before it had looked at every page.
-    pub stopped: bool,
-}
-
-/// What a re-encoding run did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ReencodeReport {
-    /// Pages whose tokens were made again by the loaded model.
-    pub reencoded: Vec<PageId>,
-    /// Pages changed or forgotten by someone else meanwhile (a changed page was re-encoded by that change, or is
-    /// left for the next run).
-    pub skipped: usize,
-    /// True when the run was stopped before it had looked at every stale page.
     pub stopped: bool,
 }
 
@@ -74,35 +60,6 @@ impl Memory {
         Ok(report)
     }
 
-    /// Re-encodes, from their stored rasters and at their own tiers, the pages whose tokens another model made (after
-    /// the store was opened by a new model with `OnModelMismatch::Reencode`), one atomic page update each. Checks
-    /// `stop` before each page. A full engine queue ends the run with `Busy`; what was done stays done.
-    #[tracing::instrument(name = "reencode", skip_all)]
-    pub fn reencode_stale(&self, stop: &AtomicBool) -> Result<ReencodeReport> {
-        let mut report = ReencodeReport::default();
-        for (scope, meta) in self.store.stale_pages(None)? {
-            if stop.load(Ordering::Relaxed) {
-                report.stopped = true;
-                break;
-            }
-            let Some(png) = self.raster_of(&scope, &meta)? else {
-                report.skipped += 1;
-                continue;
-            };
-            let tier = from_store(meta.tier);
-            let update = self.encoded_update(&GrayImage::from_png(&png)?, tier, png)?;
-            match self
-                .store
-                .update_page(&scope, meta.id, meta.generation, update)
-            {
-                Ok(_) => report.reencoded.push(meta.id),
-                Err(StoreError::Conflict(_) | StoreError::NotFound(_)) => report.skipped += 1,
-                Err(e) => return Err(MemoryError::from(e)),
-            }
-        }
-        Ok(report)
-    }
-
     /// A page's stored raster; `None` when the page was forgotten meanwhile.
     fn raster_of(&self, scope: &Scope, meta: &PageMeta) -> Result<Option<Vec<u8>>> {
         let parts = PageParts {
@@ -119,20 +76,24 @@ impl Memory {
         }
     }
 
-    /// `raster` (whose PNG is `png`) encoded at `tier`, as the update that stores it.
-    fn encoded_update(&self, raster: &GrayImage, tier: Tier, png: Vec<u8>) -> Result<PageUpdate> {
-        let enc = {
-            let _span = tracing::info_span!("encode", tier = %tier).entered();
-            self.engine.encode(raster, tier)?
+    /// `raster` (whose PNG is `png`) at `tier`, as the update that stores it: encoded now, or left pending (`encode`
+    /// false) for the encoder.
+    fn aged_update(
+        &self,
+        raster: &GrayImage,
+        tier: Tier,
+        png: Vec<u8>,
+        encode: bool,
+    ) -> Result<PageUpdate> {
+        let (tokens, vision_tokens) = if encode {
+            let (t, v) = self.encode_tokens(raster, tier)?;
+            (Some(t), v)
+        } else {
+            (None, tier.vision_tokens())
         };
-        let tokens = VisionTokens::from_f32(
-            &enc.values,
-            vec![enc.rows as u32, enc.cols as u32],
-            self.cfg.token_dtype,
-        )?;
         Ok(PageUpdate {
             tier: to_store(tier),
-            vision_tokens: enc.vision_tokens,
+            vision_tokens,
             raster_png: png,
             tokens,
         })
@@ -157,7 +118,8 @@ impl Memory {
             };
             let raster = downsample(&GrayImage::from_png(&png)?, to)?;
             let png = raster.to_png()?;
-            let update = self.encoded_update(&raster, to, png)?;
+            // A pending page stays pending at its new tier: encoding its old raster would be wasted.
+            let update = self.aged_update(&raster, to, png, !meta.is_pending())?;
             match self
                 .store
                 .update_page(scope, meta.id, meta.generation, update)

@@ -32,8 +32,11 @@ pub enum MemoryError {
     /// The model's queue is full. Retry later.
     #[error("busy: {0}")]
     Busy(#[source] EngineError),
+    /// Too many pages are waiting for their vision tokens (`MemoryConfig::max_pending`). Retry later.
+    #[error("busy: {pending} pages are waiting to be encoded (at most {cap}); retry later")]
+    Backlogged { pending: usize, cap: usize },
     /// The request cannot be served in the store's state: EXACT recall of pages whose source text was not kept, a
-    /// store written by another model. Change the request or the configuration.
+    /// store opened for another model than the engine's. Change the request or the configuration.
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
     /// A concurrent change to the same scope won; nothing was written. Retry.
@@ -58,7 +61,7 @@ impl MemoryError {
         match self {
             Self::InvalidArgument(_) => ErrorCode::InvalidArgument,
             Self::NotFound(_) => ErrorCode::NotFound,
-            Self::Busy(_) => ErrorCode::ResourceExhausted,
+            Self::Busy(_) | Self::Backlogged { .. } => ErrorCode::ResourceExhausted,
             Self::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
             Self::Conflict(_) => ErrorCode::Aborted,
             Self::Cancelled => ErrorCode::Cancelled,

@@ -4,12 +4,16 @@
 //! # Layout
 //! - [`error`]: [`MemoryError`] and its gRPC [`ErrorCode`].
 //! - [`policy`]: [`TierPolicy`], "near sharp, far blurry".
-//! - [`remember`]: chat messages → pages (filling the scope's last page first) → vision tokens → one atomic write.
+//! - [`remember`]: chat messages → pages (filling the scope's last page first) → one atomic write, with the vision
+//!   tokens ([`EncodeMode::Sync`]) or without them ([`EncodeMode::Background`], write-behind).
 //! - [`recall`]: selectors, budgets and the four modes (OPTICAL streaming), in time order.
-//! - [`age`]: moving old pages down a tier, and re-encoding pages another model made; forget and stats live here in
-//!   `mod.rs`.
+//! - [`age`]: moving old pages down a tier; forget and stats live here in `mod.rs`.
+//! - [`encoder`]: encoding pages whose tokens are pending or stale from their rasters — the background [`Encoder`],
+//!   on demand for a recall, or all at once ([`Memory::reencode_stale`]); `backlog` is the queue between them.
 
 pub mod age;
+mod backlog;
+pub mod encoder;
 pub mod error;
 pub mod policy;
 pub mod recall;
@@ -21,7 +25,9 @@ use optimem_renderer::{LayoutConfig, Renderer};
 use optimem_store::{ForgetReport, MemoryId, Scope, Stats, Store, TokenDtype};
 
 use crate::engine::Engine;
-pub use age::{AgeReport, Aged, ReencodeReport};
+pub use age::{AgeReport, Aged};
+use backlog::Backlog;
+pub use encoder::{Encoder, ReencodeReport};
 pub use error::{ErrorCode, MemoryError};
 pub use policy::TierPolicy;
 pub use recall::{Budget, RecallItem, RecallMode, Recalled, Selector, StreamEvent};
@@ -52,6 +58,17 @@ impl Default for Limits {
     }
 }
 
+/// When Remember's pages get their vision tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncodeMode {
+    /// Before the write: Remember replies once the pages and their tokens are stored (offline use, benchmarks of the
+    /// encoder, a library caller with no [`Encoder`] running). Remember waits for the engine.
+    Sync,
+    /// After the write (write-behind): Remember stores raster, spans and source and replies; an [`Encoder`] makes the
+    /// tokens, and a recall that needs them first encodes them on demand. Remember never waits for the engine.
+    Background,
+}
+
 /// How memories are rendered, encoded and stored.
 #[derive(Clone, Debug)]
 pub struct MemoryConfig {
@@ -62,7 +79,15 @@ pub struct MemoryConfig {
     pub limits: Limits,
     /// Cap on tokens generated per page by OPTICAL recall.
     pub max_new_tokens: usize,
+    pub encode: EncodeMode,
+    /// With [`EncodeMode::Background`], pages that may wait for their tokens: at the cap Remember is refused with
+    /// `ResourceExhausted`, so the backlog (and how far tokens lag behind the writes) stays bounded.
+    pub max_pending: usize,
 }
+
+/// Default cap on pages waiting for tokens: about three minutes of Base encodes on a 2-core CPU, a few seconds on a
+/// GPU.
+pub const DEFAULT_MAX_PENDING: usize = 64;
 
 impl Default for MemoryConfig {
     fn default() -> Self {
@@ -72,6 +97,8 @@ impl Default for MemoryConfig {
             token_dtype: TokenDtype::F16,
             limits: Limits::default(),
             max_new_tokens: 2048,
+            encode: EncodeMode::Sync,
+            max_pending: DEFAULT_MAX_PENDING,
         }
     }
 }
@@ -82,6 +109,8 @@ pub struct Memory {
     engine: Arc<Engine>,
     renderer: Mutex<Renderer>,
     cfg: MemoryConfig,
+    /// Pages whose tokens are still to be encoded (pending or stale), for the [`Encoder`] and Remember's cap.
+    backlog: Backlog,
 }
 
 impl std::fmt::Debug for Memory {
@@ -112,7 +141,8 @@ pub struct MemoryStats {
 
 impl Memory {
     /// Memory over `store`, whose tokens must come from the engine's model (else `FailedPrecondition`: open the store
-    /// with `OpenOptions::new(engine.model_id())`).
+    /// with `OpenOptions::new(engine.model_id())`). Scans the store for pages whose tokens are pending or stale: the
+    /// backlog an [`Encoder`] resumes.
     pub fn new(store: Arc<dyn Store>, engine: Arc<Engine>, cfg: MemoryConfig) -> Result<Self> {
         if store.model_id() != engine.model_id() {
             return Err(MemoryError::FailedPrecondition(format!(
@@ -123,11 +153,16 @@ impl Memory {
         }
         let renderer = Renderer::new(cfg.layout.clone())
             .map_err(|e| MemoryError::invalid(format!("layout: {e}")))?;
+        let backlog = Backlog::default();
+        for (scope, meta) in store.pages_to_encode(None)? {
+            backlog.push(&scope, meta.id, meta.generation);
+        }
         Ok(Self {
             store,
             engine,
             renderer: Mutex::new(renderer),
             cfg,
+            backlog,
         })
     }
 
@@ -143,15 +178,19 @@ impl Memory {
         &self.store
     }
 
-    /// Forgets a scope or some of its memories in one atomic change.
+    /// Forgets a scope or some of its memories in one atomic change (pages waiting for tokens leave the backlog).
     pub fn forget(&self, scope: &Scope, what: &Forget) -> Result<ForgetReport> {
-        Ok(match what {
+        let report = match what {
             Forget::Scope => self.store.forget_scope(scope)?,
             Forget::Memories(ids) if ids.is_empty() => {
                 return Err(MemoryError::invalid("no memory ids to forget"));
             }
             Forget::Memories(ids) => self.store.forget_memories(scope, ids)?,
-        })
+        };
+        for &id in &report.pages {
+            self.backlog.settle(scope, id, None);
+        }
+        Ok(report)
     }
 
     /// Figures for one scope or the whole store.

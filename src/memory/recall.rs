@@ -1,6 +1,10 @@
 //! Recall: select a scope's pages (memory ids, last N pages, time range), keep the newest that fit a budget, and give
 //! them back in time order as source text (EXACT), page PNGs (IMAGES), vision tokens (EMBEDDINGS) or text decoded
 //! from the stored vision tokens by the model (OPTICAL, optionally streamed as it is generated).
+//!
+//! EXACT and IMAGES never wait for the encoder. OPTICAL and EMBEDDINGS of a page whose tokens are pending (write-behind)
+//! or stale (another model's) encode it on demand from its raster and store the tokens, so a client never fails because
+//! encoding is behind; the cancel flag is checked before each such encode.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -101,14 +105,27 @@ impl Memory {
         mode: RecallMode,
         budget: Budget,
     ) -> Result<Vec<RecallItem>> {
+        self.recall_until(
+            scope,
+            selector,
+            mode,
+            budget,
+            Arc::new(AtomicBool::new(false)),
+        )
+    }
+
+    /// [`Memory::recall`] that ends with `Cancelled` once `cancel` is set (checked before each page's decode or
+    /// on-demand encode).
+    pub fn recall_until(
+        &self,
+        scope: &Scope,
+        selector: &Selector,
+        mode: RecallMode,
+        budget: Budget,
+        cancel: Arc<AtomicBool>,
+    ) -> Result<Vec<RecallItem>> {
         if mode == RecallMode::Optical {
-            return self.recall_stream(
-                scope,
-                selector,
-                budget,
-                Arc::new(AtomicBool::new(false)),
-                |_| Control::Continue,
-            );
+            return self.recall_stream(scope, selector, budget, cancel, |_| Control::Continue);
         }
         let parts = match mode {
             RecallMode::Exact => PageParts {
@@ -125,9 +142,6 @@ impl Memory {
             },
         };
         let pages = self.select(scope, selector, budget, parts)?;
-        if mode == RecallMode::Embeddings {
-            self.check_fresh(&pages)?;
-        }
         if mode == RecallMode::Exact
             && let Some(p) = pages.iter().find(|p| p.source.is_none())
         {
@@ -136,9 +150,18 @@ impl Memory {
                 p.meta.id
             )));
         }
-        pages
-            .into_iter()
-            .map(|p| {
+        let mut out = Vec::with_capacity(pages.len());
+        for p in pages {
+            let p = if mode == RecallMode::Embeddings {
+                // A page forgotten while its tokens were being made is left out, as if read after the forget.
+                match self.usable_tokens(scope, p, &cancel)? {
+                    Some(p) => p,
+                    None => continue,
+                }
+            } else {
+                p
+            };
+            out.push({
                 let content = match mode {
                     RecallMode::Exact => exact(&p),
                     RecallMode::Images => Recalled::Png(p.raster_png.unwrap_or_default()),
@@ -153,12 +176,13 @@ impl Memory {
                         }
                     }
                 };
-                Ok(RecallItem {
+                RecallItem {
                     meta: p.meta,
                     content,
-                })
-            })
-            .collect()
+                }
+            });
+        }
+        Ok(out)
     }
 
     /// OPTICAL recall, streaming: `on_event` sees each page as its decoding starts and each piece of text as it is
@@ -176,9 +200,11 @@ impl Memory {
             ..PageParts::NONE
         };
         let pages = self.select(scope, selector, budget, parts)?;
-        self.check_fresh(&pages)?;
         let mut out = Vec::with_capacity(pages.len());
         for p in pages {
+            let Some(p) = self.usable_tokens(scope, p, &cancel)? else {
+                continue;
+            };
             if cancel.load(Ordering::Relaxed)
                 || on_event(StreamEvent::Page(&p.meta)) == Control::Stop
             {
@@ -212,24 +238,6 @@ impl Memory {
             });
         }
         Ok(out)
-    }
-
-    /// Refuses tokens another model made: the loaded decoder cannot read them (their width may not even match), and
-    /// they are re-encoded from their rasters in the background after a model change (`Memory::reencode_stale`).
-    fn check_fresh(&self, pages: &[Page]) -> Result<()> {
-        match pages
-            .iter()
-            .find(|p| p.meta.model_id != self.store.model_id())
-        {
-            Some(p) => Err(MemoryError::FailedPrecondition(format!(
-                "page {} holds vision tokens of model {:?}, not of the loaded {:?}: it is waiting to be re-encoded \
-                 from its raster; retry later, or recall it as EXACT or IMAGES",
-                p.meta.id,
-                p.meta.model_id,
-                self.store.model_id()
-            ))),
-            None => Ok(()),
-        }
     }
 
     /// The selected pages within the budget (newest kept), in time order, with `parts` loaded.

@@ -1,5 +1,10 @@
 //! Remember: chat messages → pages in chat layout → vision tokens → one atomic store write.
 //!
+//! With [`EncodeMode::Background`] (write-behind, the server's default) the pages are written without their tokens —
+//! raster, spans, source, tier, text-token count and the tier's paper vision-token count — and the reply does not wait
+//! for the engine: the pages join the backlog of the [`Encoder`](super::Encoder). With [`EncodeMode::Sync`] each page
+//! is encoded before the write. Either way the write is one atomic, flushed `write_pages`.
+//!
 //! Appending to a scope fills its last page first: that page's memories and the new messages are laid out again, the
 //! first resulting page replaces the stored last page (`ReplaceLast`, same id, checked generation) and the rest are
 //! appended, all in one `write_pages` call. The last page is re-laid out only when it holds whole memories and its
@@ -12,11 +17,11 @@ use optimem_renderer::{Document, Page as LaidOut, Tier, Turn};
 use optimem_store::memory::{MAX_FIELD_BYTES, MAX_METADATA_ENTRIES};
 use optimem_store::{
     MemoryId, NewMemory, NewPage, PageId, PageParts, PageSelector, ReplaceLast, Scope, Span,
-    VisionTokens, WritePages,
+    WritePages,
 };
 
 use super::policy::{from_store, to_store};
-use super::{Memory, MemoryError, Result, now_ms};
+use super::{EncodeMode, Memory, MemoryError, Result, now_ms};
 
 /// A message to remember.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -36,9 +41,11 @@ pub struct PageWritten {
     pub tier: Tier,
     /// The paper's vision-token count (64 / 100 / 256 / 400).
     pub vision_tokens: u32,
-    /// Embeddings actually stored and fed to the decoder (newlines and view separator included).
+    /// Embeddings actually stored and fed to the decoder (newlines and view separator included); 0 while pending.
     pub embeddings: u64,
     pub text_tokens: u32,
+    /// True when the page was written write-behind: its tokens are still to be encoded.
+    pub pending: bool,
     /// True for the scope's former last page, filled with new messages.
     pub replaced: bool,
 }
@@ -67,9 +74,16 @@ impl Memory {
     #[tracing::instrument(name = "remember", skip_all, fields(scope = %scope, messages = messages.len()))]
     pub fn remember(&self, scope: &Scope, messages: &[Message]) -> Result<Remembered> {
         self.validate(messages)?;
-        // Rendering costs a few hundred milliseconds of CPU that a full queue would throw away.
-        if self.engine.saturated() {
-            return Err(self.engine.busy().into());
+        // Rendering costs a few hundred milliseconds of CPU that a refusal would throw away: check first.
+        match self.cfg.encode {
+            EncodeMode::Sync if self.engine.saturated() => return Err(self.engine.busy().into()),
+            EncodeMode::Background if self.backlog.len() >= self.cfg.max_pending => {
+                return Err(MemoryError::Backlogged {
+                    pending: self.backlog.len(),
+                    cap: self.cfg.max_pending,
+                });
+            }
+            _ => {}
         }
         let now = now_ms();
         let memories: Vec<NewMemory> = messages
@@ -237,15 +251,13 @@ impl Memory {
 
         let mut pages = Vec::with_capacity(rendered.len());
         for (tier, raster, source, spans) in rendered {
-            let enc = {
-                let _span = tracing::info_span!("encode", tier = %tier).entered();
-                self.engine.encode(&raster, tier)?
+            let (tokens, vision_tokens) = match self.cfg.encode {
+                EncodeMode::Sync => {
+                    let (t, v) = self.encode_tokens(&raster, tier)?;
+                    (Some(t), v)
+                }
+                EncodeMode::Background => (None, tier.vision_tokens()),
             };
-            let tokens = VisionTokens::from_f32(
-                &enc.values,
-                vec![enc.rows as u32, enc.cols as u32],
-                self.cfg.token_dtype,
-            )?;
             let text_tokens = {
                 let _span = tracing::info_span!("count_tokens").entered();
                 self.engine.count_tokens(&source)? as u32
@@ -253,7 +265,7 @@ impl Memory {
             pages.push(NewPage {
                 tier: to_store(tier),
                 text_tokens,
-                vision_tokens: enc.vision_tokens,
+                vision_tokens,
                 spans,
                 raster_png: raster.to_png()?,
                 tokens,
@@ -268,6 +280,9 @@ impl Memory {
                 pages,
             },
         )?;
+        for m in receipt.pages.iter().filter(|m| m.is_pending()) {
+            self.backlog.push(scope, m.id, m.generation);
+        }
         let written: Vec<PageWritten> = receipt
             .pages
             .iter()
@@ -279,6 +294,7 @@ impl Memory {
                 vision_tokens: m.vision_tokens,
                 embeddings: m.token_rows(),
                 text_tokens: m.text_tokens,
+                pending: m.is_pending(),
                 replaced: i == 0 && replace.is_some(),
             })
             .collect();

@@ -173,6 +173,7 @@ pub fn page_info(m: &PageMeta) -> pb::PageInfo {
         vision_tokens: m.vision_tokens,
         embeddings: m.token_rows(),
         text_tokens: m.text_tokens,
+        tokens_pending: m.is_pending(),
         replaced: false,
         first_memory_unix_ms: m.first_memory_ms,
         last_memory_unix_ms: m.last_memory_ms,
@@ -187,6 +188,7 @@ fn written(p: &PageWritten) -> pb::PageInfo {
         vision_tokens: p.vision_tokens,
         embeddings: p.embeddings,
         text_tokens: p.text_tokens,
+        tokens_pending: p.pending,
         replaced: p.replaced,
         first_memory_unix_ms: 0,
         last_memory_unix_ms: 0,
@@ -271,6 +273,7 @@ pub fn stats(s: MemoryStats) -> pb::StatsResponse {
             .map(|&t| pb::TierStats {
                 tier: store_tier(t).into(),
                 pages: st.pages_at(t),
+                pending: st.pending_at(t),
             })
             .collect(),
         memories: st.memories,
@@ -280,6 +283,7 @@ pub fn stats(s: MemoryStats) -> pb::StatsResponse {
         text_bytes: st.text_bytes,
         compression_ratio: s.compression_ratio.unwrap_or(0.0),
         stale_pages: st.stale_pages,
+        pending_pages: st.pending_pages,
         bytes_tokens: st.bytes.tokens,
         bytes_rasters: st.bytes.rasters,
         bytes_source: st.bytes.sources,

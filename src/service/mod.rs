@@ -7,9 +7,11 @@
 //! An OPTICAL recall whose client goes away (cancel, deadline, dropped stream) sets the decoder's cancel flag, so the
 //! model stops at the next token instead of decoding for nobody (and a decode still queued is skipped).
 //!
-//! Beside the requests, [`run`] keeps the store in shape on the same engine: at start it re-encodes pages another
-//! model made (after a model change), and every [`ServerConfig::age_every`] it ages the store. Both go page by page
-//! through the engine's queue, so requests interleave with them, and shutdown waits for the page in progress.
+//! Beside the requests, [`run`] keeps the store in shape on the same engine: its [`Encoder`] thread encodes the pages
+//! whose tokens are pending (Remember writes them write-behind under `EncodeMode::Background`) or stale (another model
+//! made them), resuming the backlog found at start; and every [`ServerConfig::age_every`] it ages the store. Both go
+//! page by page through the engine's non-decode lane, so requests interleave with them, and shutdown waits for the
+//! page in progress.
 //!
 //! # Layout
 //! - [`pb`]: the code generated from `proto/optimem/v1/memory.proto` (server and client) and its descriptor set.
@@ -30,7 +32,7 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
-use crate::memory::{Forget, Memory, MemoryError, RecallMode, StreamEvent};
+use crate::memory::{Encoder, Forget, Memory, MemoryError, RecallMode, StreamEvent};
 use crate::model::generate::Control;
 pub use auth::AuthToken;
 use pb::memory_server::MemoryServer;
@@ -90,6 +92,9 @@ pub enum ServeError {
     /// Writes could not be flushed at shutdown.
     #[error("flush at shutdown: {0}")]
     Flush(#[from] MemoryError),
+    /// The background encoder's thread could not be started.
+    #[error("starting the encoder: {0}")]
+    Encoder(#[from] std::io::Error),
     /// A blocking task panicked.
     #[error("background task: {0}")]
     Join(#[from] tokio::task::JoinError),
@@ -122,6 +127,7 @@ pub async fn run(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, model = memory.engine().model_id(), "serving optimem.v1.Memory");
     }
+    let encoder = Encoder::start(memory.clone())?;
     let stop_maintenance = Arc::new(AtomicBool::new(false));
     let (maintenance_shutdown, maintenance_stopped) = oneshot::channel();
     let maintenance = tokio::spawn(maintain(
@@ -142,11 +148,13 @@ pub async fn run(
                 .await;
         })
         .await?;
-    // The router (and every service clone) is gone; wait for blocking work still running, and for maintenance to
-    // finish the page it is on.
+    // The router (and every service clone) is gone; wait for blocking work still running, and for maintenance and the
+    // encoder to finish the page they are on (pages still pending are found again at the next start).
     stop_maintenance.store(true, Ordering::Relaxed);
     let _ = maintenance_shutdown.send(());
+    let encoder = tokio::task::spawn_blocking(move || encoder.stop());
     maintenance.await?;
+    encoder.await?;
     let _ = done.recv().await;
     let store = memory.store().clone();
     tokio::task::spawn_blocking(move || store.flush())
@@ -225,7 +233,7 @@ impl pb::memory_server::Memory for MemoryService {
                 RecallMode::Optical => {
                     m.recall_stream(&scope, &selector, budget, cancel, |_| Control::Continue)
                 }
-                _ => m.recall(&scope, &selector, mode, budget),
+                _ => m.recall_until(&scope, &selector, mode, budget, cancel),
             })
             .await?;
         Ok(Response::new(pb::RecallResponse {
@@ -357,9 +365,9 @@ fn stream_recall(
     }
 }
 
-/// Background upkeep over the server's engine: re-encode the pages another model made (once, at start, retried while
-/// the engine is busy), and age the whole store every `age_every`. Blocking work runs on the blocking pool and checks
-/// `stop` between pages; `shutdown` ends the waiting in between.
+/// Background ageing over the server's engine: the whole store every `age_every`. Blocking work runs on the blocking
+/// pool and checks `stop` between pages; `shutdown` ends the waiting in between. (Pages whose tokens are pending or
+/// stale are the [`Encoder`]'s.)
 async fn maintain(
     memory: Arc<Memory>,
     age_every: Option<Duration>,
@@ -367,70 +375,39 @@ async fn maintain(
     mut shutdown: oneshot::Receiver<()>,
 ) {
     use tokio::time::{Instant, sleep_until};
-    let mut reencode_due = Some(Instant::now());
-    let mut age_due = age_every.map(|d| Instant::now() + d);
-    while let Some(next) = reencode_due.into_iter().chain(age_due).min() {
+    let Some(every) = age_every else {
+        // Nothing scheduled: wait for shutdown so `run` can always join this task.
+        let _ = shutdown.await;
+        return;
+    };
+    let mut due = Instant::now() + every;
+    loop {
         tokio::select! {
             _ = &mut shutdown => return,
-            () = sleep_until(next) => {}
+            () = sleep_until(due) => {}
         }
-        if reencode_due.is_some_and(|t| t <= Instant::now()) {
-            let (m, flag) = (memory.clone(), stop.clone());
-            let result = tokio::task::spawn_blocking(move || m.reencode_stale(&flag)).await;
-            reencode_due = match result {
-                Ok(Ok(r)) => {
-                    if !r.reencoded.is_empty() || r.skipped > 0 {
-                        tracing::info!(
-                            reencoded = r.reencoded.len(),
-                            skipped = r.skipped,
-                            "re-encoded pages of another model"
-                        );
-                    }
-                    // A stopped run is a shutdown; skipped pages were changed by a newer write (fresh tokens) or are
-                    // gone.
-                    None
-                }
-                Ok(Err(e)) if e.code() == crate::memory::ErrorCode::ResourceExhausted => {
-                    Some(Instant::now() + MAINTENANCE_RETRY)
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "re-encoding stale pages failed; retrying at the next ageing");
-                    age_every.map(|every| Instant::now() + every)
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "re-encoding task failed");
-                    None
-                }
-            };
-        }
-        if let (Some(due), Some(every)) = (age_due, age_every)
-            && due <= Instant::now()
-        {
-            let (m, flag) = (memory.clone(), stop.clone());
-            let result = tokio::task::spawn_blocking(move || m.age_until(None, &flag)).await;
-            age_due = Some(match result {
-                Ok(Ok(r)) => {
-                    tracing::info!(
-                        aged = r.aged.len(),
-                        skipped = r.skipped,
-                        "background ageing"
-                    );
-                    Instant::now() + every
-                }
-                Ok(Err(e)) if e.code() == crate::memory::ErrorCode::ResourceExhausted => {
-                    Instant::now() + MAINTENANCE_RETRY.min(every)
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "background ageing failed");
-                    Instant::now() + every
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "background ageing task failed");
-                    Instant::now() + every
-                }
-            });
-        }
+        let (m, flag) = (memory.clone(), stop.clone());
+        let result = tokio::task::spawn_blocking(move || m.age_until(None, &flag)).await;
+        due = match result {
+            Ok(Ok(r)) => {
+                tracing::info!(
+                    aged = r.aged.len(),
+                    skipped = r.skipped,
+                    "background ageing"
+                );
+                Instant::now() + every
+            }
+            Ok(Err(e)) if e.code() == crate::memory::ErrorCode::ResourceExhausted => {
+                Instant::now() + MAINTENANCE_RETRY.min(every)
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "background ageing failed");
+                Instant::now() + every
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "background ageing task failed");
+                Instant::now() + every
+            }
+        };
     }
-    // Nothing scheduled (no ageing, re-encoding done): wait for shutdown so `run` can always join this task.
-    let _ = shutdown.await;
 }

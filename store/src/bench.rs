@@ -97,7 +97,11 @@ fn measure(dir: &Path, pages: &[BenchPage], dtype: TokenDtype) -> Result<Footpri
                 page: 0..len as u32,
             }],
             raster_png: p.raster_png.clone(),
-            tokens: VisionTokens::from_f32(&p.tokens, p.token_shape.clone(), dtype)?,
+            tokens: Some(VisionTokens::from_f32(
+                &p.tokens,
+                p.token_shape.clone(),
+                dtype,
+            )?),
             source: if p.source.is_empty() {
                 " ".into()
             } else {

@@ -89,6 +89,25 @@ impl<'a> Reader<'a> {
         Ok(r)
     }
 
+    /// Starts reading a record of kind `what` written in any of `versions` (a newer build reading older records);
+    /// returns the version found with the reader.
+    pub(crate) fn new_versions(
+        buf: &'a [u8],
+        what: &'static str,
+        versions: std::ops::RangeInclusive<u8>,
+    ) -> Result<(Self, u8)> {
+        let mut r = Self { buf, what };
+        let found = r.u8()?;
+        if !versions.contains(&found) {
+            return Err(StoreError::corrupt(format!(
+                "{what} record has format version {found}, expected {}..={}",
+                versions.start(),
+                versions.end()
+            )));
+        }
+        Ok((r, found))
+    }
+
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if self.buf.len() < n {
             return Err(StoreError::corrupt(format!(

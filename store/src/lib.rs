@@ -25,7 +25,7 @@
 //!     vision_tokens: 100,
 //!     spans: vec![Span { memory: memory.id, text: 0..5, page: 0..5 }],
 //!     raster_png: b"\x89PNG\r\n\x1a\n...".to_vec(),
-//!     tokens: VisionTokens::from_f32(&[0.5; 2 * 8], vec![2, 8], TokenDtype::F16)?,
+//!     tokens: Some(VisionTokens::from_f32(&[0.5; 2 * 8], vec![2, 8], TokenDtype::F16)?),
 //!     source: "hello".into(),
 //! };
 //! let written = store.write_pages(&scope, WritePages { memories: vec![memory], replace_last: None, pages: vec![page] })?;
@@ -76,7 +76,13 @@
 //! - **Model changes.** The `meta` tree records the schema version and the model id. Opening
 //!   a store written by another model either refuses ([`OnModelMismatch::Refuse`]) or
 //!   records the new id and reports the stale pages ([`OnModelMismatch::Reencode`]), which
-//!   the caller re-encodes from their rasters through [`Store::update_page`].
+//!   the caller re-encodes from their rasters through [`Store::put_tokens`].
+//! - **Pending tokens.** A page may be written with its tokens pending ([`TokenState`]): the
+//!   write is as durable as any other (raster, spans, source), and the tokens follow in one
+//!   [`Store::put_tokens`] transaction checked against the page's generation, so an ageing,
+//!   refill or forget that happened meanwhile wins and the late tokens are refused.
+//!   [`Store::pages_to_encode`] lists the pending and the stale pages, for a worker that
+//!   resumes after a restart.
 
 pub mod bench;
 mod codec;
@@ -92,7 +98,7 @@ pub mod tokens;
 pub use error::{Result, StoreError};
 pub use ids::{MemoryId, PageId, Tier};
 pub use memory::{Memory, NewMemory};
-pub use page::{NewPage, Page, PageMeta, PageUpdate, PartInfo, Span};
+pub use page::{NewPage, Page, PageMeta, PageUpdate, PartInfo, Span, TokenState};
 pub use scope::Scope;
 pub use sled_store::{
     Durability, OnModelMismatch, OpenOptions, OpenReport, SCHEMA_VERSION, SledStore,

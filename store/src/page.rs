@@ -5,6 +5,11 @@
 //! The heavy parts (raster, tokens, source) live under separate keys so that listing a
 //! scope never loads them; `PageMeta` holds a length and CRC-32 of each, checked on every
 //! read, so a page whose parts disagree is reported as `Corrupt` instead of returned.
+//!
+//! A page's vision tokens may be pending ([`TokenState::Pending`]): a Remember that encodes
+//! write-behind stores the raster, spans and source at once and the tokens later, through
+//! [`Store::put_tokens`](crate::Store::put_tokens). A pending page has no `tokens` entry, an
+//! empty token shape and no model id.
 
 use std::ops::Range;
 
@@ -24,7 +29,34 @@ pub struct Span {
     pub page: Range<u32>,
 }
 
-/// A page to write: the rendered raster, its vision tokens and the text it shows.
+/// Whether a page's vision tokens are stored yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenState {
+    /// Not yet: the raster is stored, the tokens will be encoded from it (write-behind, or an
+    /// ageing that moved a pending page down a tier).
+    Pending,
+    /// Stored, made by the model named in `PageMeta::model_id`.
+    Encoded,
+}
+
+impl TokenState {
+    fn code(self) -> u8 {
+        match self {
+            Self::Pending => 0,
+            Self::Encoded => 1,
+        }
+    }
+
+    fn from_code(c: u8) -> Result<Self> {
+        match c {
+            0 => Ok(Self::Pending),
+            1 => Ok(Self::Encoded),
+            _ => Err(StoreError::corrupt(format!("unknown token state {c}"))),
+        }
+    }
+}
+
+/// A page to write: the rendered raster, its vision tokens (or none yet) and the text it shows.
 #[derive(Clone, Debug)]
 pub struct NewPage {
     pub tier: Tier,
@@ -37,18 +69,20 @@ pub struct NewPage {
     pub spans: Vec<Span>,
     /// Grayscale PNG bytes of the page at its tier's size.
     pub raster_png: Vec<u8>,
-    pub tokens: VisionTokens,
+    /// The page's vision tokens; `None` writes the page with its tokens pending.
+    pub tokens: Option<VisionTokens>,
     /// The page's text; stored (zstd) only when the retention policy keeps sources.
     pub source: String,
 }
 
-/// New tier, raster and tokens for an existing page (ageing, or re-encoding stale tokens).
+/// New tier, raster and tokens for an existing page (ageing).
 #[derive(Clone, Debug)]
 pub struct PageUpdate {
     pub tier: Tier,
     pub vision_tokens: u32,
     pub raster_png: Vec<u8>,
-    pub tokens: VisionTokens,
+    /// The new raster's tokens; `None` leaves the page pending (its old tokens are dropped).
+    pub tokens: Option<VisionTokens>,
 }
 
 /// Length and CRC-32 of one stored part of a page.
@@ -101,7 +135,9 @@ pub struct PageMeta {
     pub first_memory_ms: u64,
     /// Time (ms) of the latest memory on the page.
     pub last_memory_ms: u64,
-    /// The model that produced the tokens.
+    /// Whether the tokens are stored yet; the token fields below are empty while pending.
+    pub token_state: TokenState,
+    /// The model that produced the tokens (empty while pending).
     pub model_id: String,
     pub token_dtype: TokenDtype,
     pub token_shape: Vec<u32>,
@@ -112,12 +148,26 @@ pub struct PageMeta {
 }
 
 impl PageMeta {
-    /// Number of stored token vectors (embeddings actually fed to the decoder).
+    /// Number of stored token vectors (embeddings actually fed to the decoder); 0 while pending.
     pub fn token_rows(&self) -> u64 {
-        self.token_shape[..self.token_shape.len().saturating_sub(1)]
+        if self.token_shape.is_empty() {
+            return 0;
+        }
+        self.token_shape[..self.token_shape.len() - 1]
             .iter()
             .map(|&d| u64::from(d))
             .product()
+    }
+
+    /// True while the page's tokens are not stored yet.
+    pub fn is_pending(&self) -> bool {
+        self.token_state == TokenState::Pending
+    }
+
+    /// True when `model_id` cannot use the page's tokens as stored: they are pending, or another model made them.
+    /// Either way they are (re-)encoded from the stored raster.
+    pub fn needs_tokens(&self, model_id: &str) -> bool {
+        self.is_pending() || self.model_id != model_id
     }
 
     /// The memories this page holds a piece of, in page order, without repeats.
@@ -137,12 +187,15 @@ impl PageMeta {
 pub struct Page {
     pub meta: PageMeta,
     pub raster_png: Option<Vec<u8>>,
+    /// `None` when not asked for or pending (`meta.token_state` tells which).
     pub tokens: Option<VisionTokens>,
     /// `None` when not asked for or not kept (`meta.source` tells which).
     pub source: Option<String>,
 }
 
-const PAGE_META_VERSION: u8 = 1;
+/// Version 2 adds the token state after the last field; version 1 records (schema 1) are read as `Encoded`.
+const PAGE_META_VERSION: u8 = 2;
+const PAGE_META_VERSION_1: u8 = 1;
 
 fn put_part(w: &mut Writer, p: PartInfo) {
     w.u64(p.bytes).u32(p.crc32);
@@ -184,11 +237,13 @@ pub(crate) fn encode_meta(m: &PageMeta) -> Vec<u8> {
     put_part(&mut w, m.tokens);
     put_part(&mut w, m.raster);
     w.opt(m.source, put_part);
+    w.u8(m.token_state.code());
     w.finish()
 }
 
 pub(crate) fn decode_meta(buf: &[u8]) -> Result<PageMeta> {
-    let mut r = Reader::new(buf, "page", PAGE_META_VERSION)?;
+    let (mut r, version) =
+        Reader::new_versions(buf, "page", PAGE_META_VERSION_1..=PAGE_META_VERSION)?;
     let id = PageId::from_bytes(r.fixed()?);
     let (seq, created_ms, updated_ms, generation) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
     let tier = Tier::from_code(r.u8()?)?;
@@ -208,15 +263,20 @@ pub(crate) fn decode_meta(buf: &[u8]) -> Result<PageMeta> {
     let token_dtype = TokenDtype::from_code(r.u8()?)?;
     let dims = r.count(4)?;
     let token_shape = (0..dims).map(|_| r.u32()).collect::<Result<Vec<_>>>()?;
-    if token_shape.is_empty() {
-        return Err(StoreError::corrupt(format!(
-            "page {id} has an empty token shape"
-        )));
-    }
     let tokens = get_part(&mut r)?;
     let raster = get_part(&mut r)?;
     let source = r.opt(get_part)?;
+    let token_state = if version == PAGE_META_VERSION_1 {
+        TokenState::Encoded
+    } else {
+        TokenState::from_code(r.u8()?)?
+    };
     r.finish()?;
+    if token_shape.is_empty() != (token_state == TokenState::Pending) {
+        return Err(StoreError::corrupt(format!(
+            "page {id} is {token_state:?} with a token shape of {dims} dimensions"
+        )));
+    }
     Ok(PageMeta {
         id,
         seq,
@@ -230,6 +290,7 @@ pub(crate) fn decode_meta(buf: &[u8]) -> Result<PageMeta> {
         spans,
         first_memory_ms,
         last_memory_ms,
+        token_state,
         model_id,
         token_dtype,
         token_shape,
@@ -268,6 +329,7 @@ pub(crate) mod tests {
             ],
             first_memory_ms: 5,
             last_memory_ms: 9,
+            token_state: TokenState::Encoded,
             model_id: "optimem-tiny@abc".into(),
             token_dtype: TokenDtype::Int8RowScale,
             token_shape: vec![3, 111, 1280],
@@ -298,6 +360,50 @@ pub(crate) mod tests {
         let mut longer = enc.clone();
         longer.push(0);
         assert!(matches!(decode_meta(&longer), Err(StoreError::Corrupt(_))));
+        Ok(())
+    }
+
+    #[test]
+    fn pending_meta_round_trips_and_state_must_match_the_shape() -> Result<()> {
+        let pending = PageMeta {
+            token_state: TokenState::Pending,
+            model_id: String::new(),
+            token_shape: vec![],
+            tokens: PartInfo { bytes: 0, crc32: 0 },
+            ..sample_meta()
+        };
+        assert_eq!(decode_meta(&encode_meta(&pending))?, pending);
+        assert_eq!(pending.token_rows(), 0);
+        assert!(pending.is_pending() && pending.needs_tokens("optimem-tiny@abc"));
+        let encoded = sample_meta();
+        assert!(!encoded.needs_tokens("optimem-tiny@abc") && encoded.needs_tokens("other"));
+        // Pending with a shape, or encoded without one, is damage.
+        for bad in [
+            PageMeta {
+                token_state: TokenState::Pending,
+                ..sample_meta()
+            },
+            PageMeta {
+                token_shape: vec![],
+                ..sample_meta()
+            },
+        ] {
+            assert!(matches!(
+                decode_meta(&encode_meta(&bad)),
+                Err(StoreError::Corrupt(_))
+            ));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn version_1_records_read_as_encoded() -> Result<()> {
+        let m = sample_meta();
+        let mut v1 = encode_meta(&m);
+        // Version 1 is version 2 without the trailing token state.
+        v1[0] = PAGE_META_VERSION_1;
+        v1.pop();
+        assert_eq!(decode_meta(&v1)?, m);
         Ok(())
     }
 }

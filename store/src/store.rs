@@ -7,8 +7,8 @@
 //! `spawn_blocking`, which suits sled and costs a networked backend one thread per call in
 //! flight, a price that is small next to encoding a page.
 //!
-//! Every method takes the scope it acts in; nothing crosses scopes except the two
-//! store-wide reports (`stats(None)`, `stale_pages(None)`) and `list_scopes`.
+//! Every method takes the scope it acts in; nothing crosses scopes except the store-wide
+//! reports (`stats(None)`, `stale_pages(None)`, `pages_to_encode(None)`) and `list_scopes`.
 
 use std::ops::Range;
 
@@ -17,6 +17,7 @@ use crate::ids::{MemoryId, PageId, Tier};
 use crate::memory::{Memory, NewMemory};
 use crate::page::{NewPage, Page, PageMeta, PageUpdate};
 use crate::scope::Scope;
+use crate::tokens::VisionTokens;
 
 /// One atomic write to a scope: new memories and the pages that hold them.
 #[derive(Clone, Debug, Default)]
@@ -125,6 +126,10 @@ pub struct Stats {
     pub text_bytes: u64,
     /// Pages whose tokens were made by another model than the store's.
     pub stale_pages: u64,
+    /// Pages whose tokens are pending (written write-behind, not encoded yet).
+    pub pending_pages: u64,
+    /// Pending pages per tier, indexed by `Tier::code()`.
+    pub pending_per_tier: [u64; 5],
     pub bytes: BytesByKind,
     /// Size of the whole database on disk (all scopes, with the engine's overhead).
     pub db_bytes_on_disk: u64,
@@ -133,6 +138,10 @@ pub struct Stats {
 impl Stats {
     pub fn pages_at(&self, tier: Tier) -> u64 {
         self.pages_per_tier[tier.code() as usize]
+    }
+
+    pub fn pending_at(&self, tier: Tier) -> u64 {
+        self.pending_per_tier[tier.code() as usize]
     }
 
     /// Text tokens per vision token (the paper's compression ratio); `None` when empty.
@@ -164,14 +173,29 @@ pub trait Store: Send + Sync {
     /// Reads memories by id; `NotFound` if any is not in the scope.
     fn get_memories(&self, scope: &Scope, ids: &[MemoryId]) -> Result<Vec<Memory>>;
 
-    /// Replaces a page's tier, raster and tokens (ageing or re-encoding), stamping the
-    /// store's model id, if the page is still at `expected_generation` (else `Conflict`).
+    /// Replaces a page's tier, raster and tokens (ageing), stamping the store's model id (or
+    /// leaving the page pending when the update has no tokens), if the page is still at
+    /// `expected_generation` (else `Conflict`). Bumps the generation.
     fn update_page(
         &self,
         scope: &Scope,
         id: PageId,
         expected_generation: u64,
         update: PageUpdate,
+    ) -> Result<PageMeta>;
+
+    /// Stores the tokens of a page that needs them (pending, or made by another model),
+    /// encoded from its raster at `expected_generation`, stamping the store's model id. Fails
+    /// with `Conflict` if the page changed since (aged, refilled: a new generation) or no
+    /// longer needs tokens (someone else stored them), and `NotFound` if it was forgotten;
+    /// nothing is written then. Filling in tokens changes neither what the page shows nor
+    /// its generation, so a Remember that read the page before can still refill it.
+    fn put_tokens(
+        &self,
+        scope: &Scope,
+        id: PageId,
+        expected_generation: u64,
+        tokens: VisionTokens,
     ) -> Result<PageMeta>;
 
     /// Removes every page and memory of a scope.
@@ -182,6 +206,10 @@ pub trait Store: Send + Sync {
 
     /// Pages whose tokens another model made, in one scope or everywhere.
     fn stale_pages(&self, scope: Option<&Scope>) -> Result<Vec<(Scope, PageMeta)>>;
+
+    /// Pages whose tokens must be encoded from their rasters — pending, or made by another
+    /// model — in one scope or everywhere, in key order (scope, then sequence).
+    fn pages_to_encode(&self, scope: Option<&Scope>) -> Result<Vec<(Scope, PageMeta)>>;
 
     /// Counts and sizes of one scope or of the whole store.
     fn stats(&self, scope: Option<&Scope>) -> Result<Stats>;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use optimem::engine::{Engine, EngineConfig};
-use optimem::memory::{Limits, Memory, MemoryConfig, TierPolicy};
+use optimem::memory::{DEFAULT_MAX_PENDING, EncodeMode, Limits, Memory, MemoryConfig, TierPolicy};
 use optimem::service::pb::memory_client::MemoryClient;
 use optimem::service::pb::{self, selector::By};
 use optimem::service::{ServeError, ServerConfig};
@@ -49,6 +49,9 @@ pub struct Setup {
     pub config: ServerConfig,
     pub keep_source: bool,
     pub max_new_tokens: usize,
+    /// When Remember's pages get their tokens; `Sync` unless a test is about write-behind.
+    pub encode: EncodeMode,
+    pub max_pending: usize,
 }
 
 impl Default for Setup {
@@ -59,6 +62,8 @@ impl Default for Setup {
             keep_source: true,
             // Decoding is capped at a few tokens: the tests check the plumbing, not the reading.
             max_new_tokens: 6,
+            encode: EncodeMode::Sync,
+            max_pending: DEFAULT_MAX_PENDING,
         }
     }
 }
@@ -134,7 +139,11 @@ pub async fn start_with(f: &Fixture, setup: Setup) -> Server {
     let mut opts = OpenOptions::new(f.engine.model_id());
     opts.keep_source = setup.keep_source;
     let store = SledStore::open(f.tmp.path().join("db"), opts).expect("store");
-    let cfg = memory_config(setup.limits, setup.max_new_tokens);
+    let cfg = MemoryConfig {
+        encode: setup.encode,
+        max_pending: setup.max_pending,
+        ..memory_config(setup.limits, setup.max_new_tokens)
+    };
     let memory = Memory::new(Arc::new(store), f.engine.clone(), cfg).expect("memory");
     serve(Arc::new(memory), setup.config).await
 }
@@ -208,9 +217,70 @@ pub fn status<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> tonic::Status 
     r.expect_err("the call must fail")
 }
 
+/// A write-behind server (`serve --encode background`) over the fixture's store, with these settings otherwise.
+pub async fn start_write_behind(f: &Fixture, setup: Setup) -> Server {
+    start_with(
+        f,
+        Setup {
+            encode: EncodeMode::Background,
+            ..setup
+        },
+    )
+    .await
+}
+
 /// About two and a half pages of words at the default layout.
 pub fn long_text(seed: usize) -> String {
     (0..1400)
         .map(|i| format!("word{} ", (i * 7 + seed) % 97))
         .collect()
+}
+
+pub type Client = MemoryClient<Channel>;
+
+/// Polls the store-wide Stats until `done` holds (background work is observed, not waited for by a guess); fails after
+/// two minutes, showing the last Stats.
+pub async fn until(
+    c: &mut Client,
+    what: &str,
+    done: impl Fn(&pb::StatsResponse) -> bool,
+) -> pb::StatsResponse {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let st = stats(c).await;
+        if done(&st) {
+            return st;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never saw {what}: {st:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The store-wide Stats.
+pub async fn stats(c: &mut Client) -> pb::StatsResponse {
+    c.stats(pb::StatsRequest { scope: None })
+        .await
+        .expect("stats")
+        .into_inner()
+}
+
+/// Pages at `tier` in a Stats answer.
+pub fn tier_pages(st: &pb::StatsResponse, tier: pb::Tier) -> u64 {
+    tier_stats(st, tier).pages
+}
+
+/// Pages at `tier` whose tokens are pending, in a Stats answer.
+pub fn tier_pending(st: &pb::StatsResponse, tier: pb::Tier) -> u64 {
+    tier_stats(st, tier).pending
+}
+
+fn tier_stats(st: &pb::StatsResponse, tier: pb::Tier) -> pb::TierStats {
+    st.tiers
+        .iter()
+        .find(|t| t.tier == tier as i32)
+        .cloned()
+        .unwrap_or_default()
 }

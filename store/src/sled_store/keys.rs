@@ -9,7 +9,7 @@
 //! | `page_ids` | page id (16)                | the page's `pages` key         |
 //! | `memories` | scope ‖ memory id (16)      | `Memory` record                |
 //! | `rasters`  | page id (16)                | PNG bytes                      |
-//! | `tokens`   | page id (16)                | token bytes (dtype per meta)   |
+//! | `tokens`   | page id (16)                | token bytes (none if pending)  |
 //! | `sources`  | page id (16)                | zstd-compressed source text    |
 //!
 //! So a prefix scan of `pages` by scope yields that scope's pages in sequence order, and of

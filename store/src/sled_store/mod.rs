@@ -23,9 +23,16 @@ use crate::memory::Memory;
 use crate::page::{Page, PageMeta, PageUpdate};
 use crate::scope::Scope;
 use crate::store::{ForgetReport, PageParts, PageSelector, Stats, Store, WritePages, WriteReceipt};
+use crate::tokens::VisionTokens;
 
-/// The on-disk schema this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The on-disk schema this build writes. Version 2 added pending tokens (`TokenState`).
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The oldest schema this build opens. A version 1 store is migrated on open by recording
+/// version 2: its page records (format 1) read as encoded pages, and records written from
+/// then on are format 2, so the schema number keeps an older build from misreading them
+/// (it refuses the store with `SchemaMismatch`).
+pub const OLDEST_SCHEMA_VERSION: u32 = 1;
 
 /// When a write is acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +88,10 @@ pub struct OpenReport {
     pub previous_model_id: Option<String>,
     /// Pages whose tokens another model made (to re-encode).
     pub stale_pages: u64,
+    /// Pages whose tokens are pending (to encode).
+    pub pending_pages: u64,
+    /// The schema version the store had when it was migrated to [`SCHEMA_VERSION`] by this open.
+    pub migrated_from: Option<u32>,
 }
 
 /// The sled-backed store. Cheap to share behind an `Arc`; all methods take `&self`.
@@ -132,7 +143,7 @@ impl SledStore {
             .open()?;
         let meta = db.open_tree("meta")?;
         let pages = db.open_tree("pages")?;
-        let previous_model_id = check_meta(&meta, &pages, &opts)?;
+        let (previous_model_id, migrated_from) = check_meta(&meta, &pages, &opts)?;
         let store = Self {
             heads: db.open_tree("heads")?,
             page_ids: db.open_tree("page_ids")?,
@@ -145,11 +156,20 @@ impl SledStore {
             opts,
             report: OpenReport::default(),
         };
-        let stale_pages = store.stale_pages(None)?.len() as u64;
+        let (mut stale_pages, mut pending_pages) = (0, 0);
+        for (_, m) in store.pages_to_encode(None)? {
+            if m.is_pending() {
+                pending_pages += 1;
+            } else {
+                stale_pages += 1;
+            }
+        }
         Ok(Self {
             report: OpenReport {
                 previous_model_id,
                 stale_pages,
+                pending_pages,
+                migrated_from,
             },
             ..store
         })
@@ -188,19 +208,29 @@ impl SledStore {
     }
 }
 
-/// Checks or initialises the `meta` tree; returns the previous model id when it changed.
-fn check_meta(meta: &sled::Tree, pages: &sled::Tree, opts: &OpenOptions) -> Result<Option<String>> {
+/// Checks or initialises the `meta` tree (migrating an older schema, see
+/// [`OLDEST_SCHEMA_VERSION`]); returns the previous model id when it changed, and the schema
+/// migrated from.
+fn check_meta(
+    meta: &sled::Tree,
+    pages: &sled::Tree,
+    opts: &OpenOptions,
+) -> Result<(Option<String>, Option<u32>)> {
     const WHAT: &str = "meta";
+    let mut migrated_from = None;
     match meta.get("schema_version")? {
         Some(v) => {
             let mut r = Reader::new(&v, WHAT, 1)?;
             let found = r.u32()?;
             r.finish()?;
-            if found != SCHEMA_VERSION {
+            if !(OLDEST_SCHEMA_VERSION..=SCHEMA_VERSION).contains(&found) {
                 return Err(StoreError::SchemaMismatch {
                     found,
                     supported: SCHEMA_VERSION,
                 });
+            }
+            if found != SCHEMA_VERSION {
+                migrated_from = Some(found);
             }
         }
         None if !pages.is_empty() => {
@@ -237,7 +267,7 @@ fn check_meta(meta: &sled::Tree, pages: &sled::Tree, opts: &OpenOptions) -> Resu
     batch.insert("model_id", model.finish());
     meta.apply_batch(batch)?;
     meta.flush()?;
-    Ok(previous)
+    Ok((previous, migrated_from))
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -325,8 +355,27 @@ impl Store for SledStore {
         Ok(report)
     }
 
+    fn put_tokens(
+        &self,
+        scope: &Scope,
+        id: PageId,
+        expected_generation: u64,
+        tokens: VisionTokens,
+    ) -> Result<PageMeta> {
+        let meta = {
+            let _span = tracing::info_span!("store.commit", pages = 1).entered();
+            self.put_tokens_inner(scope, id, expected_generation, tokens)?
+        };
+        self.ack()?;
+        Ok(meta)
+    }
+
     fn stale_pages(&self, scope: Option<&Scope>) -> Result<Vec<(Scope, PageMeta)>> {
-        self.stale_pages_inner(scope)
+        self.pages_where(scope, |m, model| !m.is_pending() && m.model_id != model)
+    }
+
+    fn pages_to_encode(&self, scope: Option<&Scope>) -> Result<Vec<(Scope, PageMeta)>> {
+        self.pages_where(scope, PageMeta::needs_tokens)
     }
 
     fn stats(&self, scope: Option<&Scope>) -> Result<Stats> {

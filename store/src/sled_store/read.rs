@@ -74,7 +74,7 @@ impl Parts<'_> {
         } else {
             None
         };
-        let tokens = if want.tokens {
+        let tokens = if want.tokens && !meta.is_pending() {
             let v = self.part(self.tokens, &meta, "tokens")?;
             tx(meta.tokens.check(&v, id, "tokens"))?;
             let t = VisionTokens::from_raw(meta.token_dtype, meta.token_shape.clone(), v.to_vec())
@@ -209,15 +209,17 @@ impl SledStore {
             .collect()
     }
 
-    pub(super) fn stale_pages_inner(
+    /// Pages of one scope or everywhere for which `keep(meta, store's model id)` holds, in key order.
+    pub(super) fn pages_where(
         &self,
         scope: Option<&Scope>,
+        keep: impl Fn(&PageMeta, &str) -> bool,
     ) -> Result<Vec<(Scope, PageMeta)>> {
         let prefix = scope.map(Scope::encode).unwrap_or_default();
         let mut out = Vec::new();
         for r in self.scan_scoped_metas(&prefix) {
             let (s, m) = r?;
-            if m.model_id != self.model_id() {
+            if keep(&m, self.model_id()) {
                 out.push((s, m));
             }
         }
@@ -236,8 +238,13 @@ impl SledStore {
             st.token_rows += m.token_rows();
             st.text_tokens += u64::from(m.text_tokens);
             st.text_bytes += u64::from(m.text_bytes);
-            st.stale_pages += u64::from(m.model_id != self.model_id());
-            st.bytes.tokens += ID_KEY_BYTES + m.tokens.bytes;
+            if m.is_pending() {
+                st.pending_pages += 1;
+                st.pending_per_tier[m.tier.code() as usize] += 1;
+            } else {
+                st.stale_pages += u64::from(m.model_id != self.model_id());
+                st.bytes.tokens += ID_KEY_BYTES + m.tokens.bytes;
+            }
             st.bytes.rasters += ID_KEY_BYTES + m.raster.bytes;
             st.bytes.sources += m.source.map_or(0, |s| ID_KEY_BYTES + s.bytes);
             // The `pages` entry and its `page_ids` entry (id → key).

@@ -16,7 +16,9 @@ use super::{SledStore, TxResult, abort, from_tx, now_ms, tx};
 use crate::error::{Result, StoreError};
 use crate::ids::{MemoryId, PageId, Tier};
 use crate::memory::{Memory, decode_memory, encode_memory};
-use crate::page::{NewPage, PageMeta, PageUpdate, PartInfo, Span, decode_meta, encode_meta};
+use crate::page::{
+    NewPage, PageMeta, PageUpdate, PartInfo, Span, TokenState, decode_meta, encode_meta,
+};
 use crate::scope::Scope;
 use crate::store::{WritePages, WriteReceipt};
 use crate::tokens::{TokenDtype, VisionTokens};
@@ -38,11 +40,69 @@ struct Prepared {
     spans: Vec<Span>,
     raster: IVec,
     raster_info: PartInfo,
-    token_dtype: TokenDtype,
-    token_shape: Vec<u32>,
-    tokens: IVec,
-    tokens_info: PartInfo,
+    tokens: TokenParts,
     source: Option<(IVec, PartInfo)>,
+}
+
+/// What the metadata records of a page's tokens, and their stored bytes (`None` while pending).
+#[derive(Clone)]
+struct TokenParts {
+    state: TokenState,
+    dtype: TokenDtype,
+    shape: Vec<u32>,
+    info: PartInfo,
+    bytes: Option<IVec>,
+}
+
+impl TokenParts {
+    fn of(tokens: Option<VisionTokens>) -> Self {
+        match tokens {
+            Some(t) => {
+                let (dtype, shape) = (t.dtype(), t.shape().to_vec());
+                let bytes = t.into_bytes();
+                Self {
+                    state: TokenState::Encoded,
+                    dtype,
+                    shape,
+                    info: PartInfo::of(&bytes),
+                    bytes: Some(IVec::from(bytes)),
+                }
+            }
+            // A pending page records no shape and no bytes; the dtype is a placeholder until the tokens come.
+            None => Self {
+                state: TokenState::Pending,
+                dtype: TokenDtype::F16,
+                shape: vec![],
+                info: PartInfo { bytes: 0, crc32: 0 },
+                bytes: None,
+            },
+        }
+    }
+
+    /// Records these tokens in `meta`, stamped with `model_id` when encoded.
+    fn stamp(&self, meta: &mut PageMeta, model_id: &str) {
+        meta.token_state = self.state;
+        meta.model_id = match self.state {
+            TokenState::Encoded => model_id.to_owned(),
+            TokenState::Pending => String::new(),
+        };
+        meta.token_dtype = self.dtype;
+        meta.token_shape = self.shape.clone();
+        meta.tokens = self.info;
+    }
+
+    /// Writes the bytes under the page's id, or removes a previous version's while pending.
+    fn store(&self, tokens: &TransactionalTree, idb: &[u8]) -> TxResult<()> {
+        match &self.bytes {
+            Some(b) => {
+                tokens.insert(idb, b.clone())?;
+            }
+            None => {
+                tokens.remove(idb)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn check_png(bytes: &[u8]) -> Result<()> {
@@ -50,14 +110,6 @@ fn check_png(bytes: &[u8]) -> Result<()> {
         return Err(StoreError::invalid("raster is not a PNG (bad signature)"));
     }
     Ok(())
-}
-
-/// Splits tokens into what the metadata records and the stored bytes.
-fn token_parts(tokens: VisionTokens) -> (TokenDtype, Vec<u32>, IVec, PartInfo) {
-    let (dtype, shape) = (tokens.dtype(), tokens.shape().to_vec());
-    let bytes = tokens.into_bytes();
-    let info = PartInfo::of(&bytes);
-    (dtype, shape, IVec::from(bytes), info)
 }
 
 impl SledStore {
@@ -93,7 +145,6 @@ impl SledStore {
             None
         };
         let raster_info = PartInfo::of(&p.raster_png);
-        let (token_dtype, token_shape, tokens, tokens_info) = token_parts(p.tokens);
         Ok(Prepared {
             id: PageId::new(),
             tier: p.tier,
@@ -103,10 +154,7 @@ impl SledStore {
             spans: p.spans,
             raster: IVec::from(p.raster_png),
             raster_info,
-            token_dtype,
-            token_shape,
-            tokens,
-            tokens_info,
+            tokens: TokenParts::of(p.tokens),
             source,
         })
     }
@@ -207,7 +255,7 @@ impl SledStore {
                         m.pages.push(id);
                     }
                 }
-                let meta = PageMeta {
+                let mut meta = PageMeta {
                     id,
                     seq,
                     created_ms,
@@ -220,19 +268,21 @@ impl SledStore {
                     spans: p.spans.clone(),
                     first_memory_ms: first,
                     last_memory_ms: last,
-                    model_id: self.opts.model_id.clone(),
-                    token_dtype: p.token_dtype,
-                    token_shape: p.token_shape.clone(),
-                    tokens: p.tokens_info,
+                    token_state: TokenState::Pending,
+                    model_id: String::new(),
+                    token_dtype: TokenDtype::F16,
+                    token_shape: vec![],
+                    tokens: PartInfo { bytes: 0, crc32: 0 },
                     raster: p.raster_info,
                     source: p.source.as_ref().map(|(_, info)| *info),
                 };
+                p.tokens.stamp(&mut meta, &self.opts.model_id);
                 let key = page_key(&enc, seq);
                 let idb = id.to_bytes();
                 pages.insert(key.as_slice(), encode_meta(&meta))?;
                 page_ids.insert(&idb, key)?;
                 rasters.insert(&idb, p.raster.clone())?;
-                tokens.insert(&idb, p.tokens.clone())?;
+                p.tokens.store(tokens, &idb)?;
                 if let Some((z, _)) = &p.source {
                     sources.insert(&idb, z.clone())?;
                 }
@@ -262,7 +312,7 @@ impl SledStore {
         let enc = scope.encode();
         let raster_info = PartInfo::of(&update.raster_png);
         let raster = IVec::from(update.raster_png);
-        let (token_dtype, token_shape, token_bytes, tokens_info) = token_parts(update.tokens);
+        let token_parts = TokenParts::of(update.tokens);
         let now = now_ms();
         let trees = (
             &self.heads,
@@ -284,21 +334,54 @@ impl SledStore {
                 }
                 meta.tier = update.tier;
                 meta.vision_tokens = update.vision_tokens;
-                meta.model_id = self.opts.model_id.clone();
-                meta.token_dtype = token_dtype;
-                meta.token_shape = token_shape.clone();
-                meta.tokens = tokens_info;
+                token_parts.stamp(&mut meta, &self.opts.model_id);
                 meta.raster = raster_info;
                 meta.updated_ms = now;
                 meta.generation += 1;
                 let idb = id.to_bytes();
                 pages.insert(key, encode_meta(&meta))?;
                 rasters.insert(&idb, raster.clone())?;
-                tokens.insert(&idb, token_bytes.clone())?;
+                token_parts.store(tokens, &idb)?;
                 bump_version(heads, &enc)?;
                 Ok(meta)
             }),
         )
+    }
+
+    pub(super) fn put_tokens_inner(
+        &self,
+        scope: &Scope,
+        id: PageId,
+        expected_generation: u64,
+        tokens: VisionTokens,
+    ) -> Result<PageMeta> {
+        let enc = scope.encode();
+        let token_parts = TokenParts::of(Some(tokens));
+        let now = now_ms();
+        let trees = (&self.heads, &self.pages, &self.page_ids, &self.tokens);
+        from_tx(trees.transaction(|(heads, pages, page_ids, tokens)| {
+            let Some((key, mut meta)) = super::read::locate(page_ids, pages, &enc, id)? else {
+                return abort(StoreError::NotFound(format!("page {id} in scope {scope}")));
+            };
+            if meta.generation != expected_generation {
+                return abort(StoreError::Conflict(format!(
+                    "page {id} is at generation {}, not {expected_generation}: its raster changed",
+                    meta.generation
+                )));
+            }
+            if !meta.needs_tokens(&self.opts.model_id) {
+                return abort(StoreError::Conflict(format!(
+                    "page {id} already holds tokens of model {:?}",
+                    meta.model_id
+                )));
+            }
+            token_parts.stamp(&mut meta, &self.opts.model_id);
+            meta.updated_ms = now;
+            pages.insert(key, encode_meta(&meta))?;
+            token_parts.store(tokens, &id.to_bytes())?;
+            bump_version(heads, &enc)?;
+            Ok(meta)
+        }))
     }
 }
 

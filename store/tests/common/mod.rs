@@ -109,7 +109,7 @@ pub fn stamped_page(
             page: 0..source.len() as u32,
         }],
         raster_png: stamped_raster(nonce, tier, 2048 + rng.below(8192) as usize),
-        tokens: stamped_tokens(nonce, tier, 8 + rng.below(24) as u32),
+        tokens: Some(stamped_tokens(nonce, tier, 8 + rng.below(24) as u32)),
         source,
     }
 }
@@ -120,7 +120,7 @@ pub fn stamped_update(nonce: u64, tier: Tier, rng: &mut Rng) -> PageUpdate {
         tier,
         vision_tokens: 64,
         raster_png: stamped_raster(nonce, tier, 1024 + rng.below(4096) as usize),
-        tokens: stamped_tokens(nonce, tier, 8 + rng.below(8) as u32),
+        tokens: Some(stamped_tokens(nonce, tier, 8 + rng.below(8) as u32)),
     }
 }
 

@@ -59,7 +59,7 @@ fn replace_last_and_ageing_check_generations() -> TestResult {
         tier: Tier::Tiny,
         vision_tokens: 64,
         raster_png: page(&[], 4, Tier::Tiny)?.raster_png,
-        tokens: p_tokens()?,
+        tokens: Some(p_tokens()?),
     };
     assert!(matches!(
         store.update_page(&scope, first.id, 0, aged.clone()),
@@ -72,7 +72,7 @@ fn replace_last_and_ageing_check_generations() -> TestResult {
     );
     let back = store.get_pages(&scope, &PageSelector::Ids(vec![first.id]), PageParts::ALL)?;
     assert_eq!(back[0].raster_png.as_ref(), Some(&aged.raster_png));
-    assert_eq!(back[0].tokens.as_ref(), Some(&aged.tokens));
+    assert_eq!(back[0].tokens.as_ref(), aged.tokens.as_ref());
     assert_eq!(back[0].source.as_deref(), Some("x".repeat(60).as_str()));
     Ok(())
 }
@@ -295,7 +295,7 @@ fn rejected_requests_change_nothing() -> TestResult {
         tier: Tier::Tiny,
         vision_tokens: 64,
         raster_png: vec![1, 2, 3],
-        tokens: p_tokens()?,
+        tokens: Some(p_tokens()?),
     };
     assert!(store.update_page(&scope, first.id, 0, bad_update).is_err());
     assert!(store.forget_memories(&scope, &[a.id, b.id]).is_err());

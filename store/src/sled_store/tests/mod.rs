@@ -1,10 +1,12 @@
 //! Unit tests of `SledStore` on a temporary directory: round trips, isolation, forget,
 //! stats, optimistic checks, model changes, and that rejected input changes nothing.
 //! This file holds the shared helpers and the read tests; `changes` tests what mutates a
-//! scope, `opening` what happens at open time and when data on disk is damaged.
+//! scope, `opening` what happens at open time and when data on disk is damaged, `pending`
+//! pages written without tokens and the checked update that fills them in.
 
 mod changes;
 mod opening;
+mod pending;
 
 use std::collections::BTreeMap;
 
@@ -60,7 +62,11 @@ pub(super) fn page(
         vision_tokens: 64,
         spans,
         raster_png,
-        tokens: VisionTokens::from_f32(&values, vec![4, 16], TokenDtype::F16)?,
+        tokens: Some(VisionTokens::from_f32(
+            &values,
+            vec![4, 16],
+            TokenDtype::F16,
+        )?),
         source,
     })
 }
@@ -129,7 +135,7 @@ fn write_then_read_by_every_selector() -> TestResult {
     assert_eq!(all.len(), 3);
     for (got, want) in all.iter().zip(&originals) {
         assert_eq!(got.raster_png.as_deref(), Some(want.raster_png.as_slice()));
-        assert_eq!(got.tokens.as_ref(), Some(&want.tokens));
+        assert_eq!(got.tokens.as_ref(), want.tokens.as_ref());
         assert_eq!(got.source.as_deref(), Some(want.source.as_str()));
         assert_eq!(got.meta.model_id, "m1");
     }
@@ -208,7 +214,7 @@ fn scopes_are_isolated() -> TestResult {
         tier: Tier::Tiny,
         vision_tokens: 64,
         raster_png: page(&[], 9, Tier::Tiny)?.raster_png,
-        tokens: p_tokens()?,
+        tokens: Some(p_tokens()?),
     };
     assert!(not_found(
         store.update_page(&wide, p2.id, 0, upd).map(|_| ())

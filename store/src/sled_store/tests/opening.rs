@@ -33,7 +33,8 @@ fn model_change_refuses_or_reports_stale_pages() -> TestResult {
         store.open_report(),
         &OpenReport {
             previous_model_id: Some("old".into()),
-            stale_pages: 1
+            stale_pages: 1,
+            ..OpenReport::default()
         }
     );
     let stale = store.stale_pages(None)?;
@@ -46,7 +47,7 @@ fn model_change_refuses_or_reports_stale_pages() -> TestResult {
         tier: raster.meta.tier,
         vision_tokens: raster.meta.vision_tokens,
         raster_png: raster.raster_png.unwrap_or_default(),
-        tokens: p_tokens()?,
+        tokens: Some(p_tokens()?),
     };
     assert_eq!(
         store
@@ -118,6 +119,48 @@ fn damaged_parts_and_schemas_are_reported() -> TestResult {
         }
         other => panic!("expected SchemaMismatch, got {other:?}"),
     }
+    Ok(())
+}
+
+#[test]
+fn a_schema_1_store_is_migrated_on_open() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let scope = Scope::user("u")?;
+    let written = {
+        let store = open(dir.path(), "m")?;
+        let a = memory(10, 1);
+        let meta = write(
+            &store,
+            &scope,
+            vec![a.clone()],
+            vec![page(&[(a.id, 0..10)], 1, Tier::Base)?],
+        )?
+        .pages
+        .remove(0);
+        // Rewind the store to schema 1: its page record in format 1 (no token state).
+        let mut v1 = crate::page::encode_meta(&meta);
+        v1[0] = 1;
+        v1.pop();
+        store
+            .pages
+            .insert(keys::page_key(&scope.encode(), meta.seq), v1)?;
+        let mut w = Writer::new(1);
+        w.u32(1);
+        store
+            .db
+            .open_tree("meta")?
+            .insert("schema_version", w.finish())?;
+        store.flush()?;
+        meta
+    };
+    let store = open(dir.path(), "m")?;
+    assert_eq!(store.open_report().migrated_from, Some(1));
+    let back = store.get_pages(&scope, &PageSelector::LastN(1), PageParts::ALL)?;
+    assert_eq!(back[0].meta, written);
+    assert!(back[0].tokens.is_some() && !back[0].meta.is_pending());
+    drop(store);
+    // Recorded as schema 2 from then on.
+    assert_eq!(open(dir.path(), "m")?.open_report().migrated_from, None);
     Ok(())
 }
 
