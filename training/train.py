@@ -47,6 +47,8 @@ def parse_args():
     ap.add_argument("--state", required=True, help="folder for checkpoints and logs")
     ap.add_argument("--resume", default="", help="full checkpoint (.pt) or exported model folder")
     ap.add_argument("--resume-aux", default="", help="auxiliary head (.pt) when --resume is a model folder without one")
+    ap.add_argument("--resume-glyph", default="",
+                    help="glyph head (.pt) when --resume is a model folder (default: glyph_head.pt beside the weights)")
     ap.add_argument("--resume-summary", default="", help="summary.json with the totals so far (pages, seconds, steps)")
     ap.add_argument("--run-id", default="run")
     ap.add_argument("--seconds", type=float, default=480, help="training time (excluding final evaluation)")
@@ -349,6 +351,12 @@ def main():
                 trainer.aux_head.load_state_dict(sd)
             except RuntimeError:  # a head of an earlier layout (bare Linear): start a fresh one
                 print(f"auxiliary head in {aux_path} has another layout; starting a new one", flush=True)
+        glyph_path = args.resume_glyph or os.path.join(args.resume, "glyph_head.pt")
+        if trainer.glyph_head is not None and os.path.exists(glyph_path):
+            try:
+                trainer.glyph_head.load_state_dict({k: v.float() for k, v in torch.load(glyph_path, map_location="cpu").items()})
+            except RuntimeError:  # another grid or rank: start a new one
+                print(f"glyph head in {glyph_path} has another shape; starting a new one", flush=True)
         summ = args.resume_summary or os.path.join(args.resume, "summary.json")
         if os.path.exists(summ):  # totals so far (an exported folder carries no optimizer state)
             with open(summ, encoding="utf-8") as f:
