@@ -6,9 +6,12 @@
 //! It sits between the memory logic ([`crate::memory`]) and the model. The model runs on a plain `std::thread`, never
 //! on an async runtime, because a forward pass blocks for milliseconds to seconds. Jobs reach it through a bounded
 //! queue: when the queue is full a submission fails at once with [`EngineError::Busy`] (the service's
-//! `RESOURCE_EXHAUSTED`) instead of queueing without limit or hanging the caller. Decodes, which a reader waits on, go
-//! before encodes, which a Remember or ageing can wait for (without starving them: see `queue`). Calls are blocking:
-//! the caller waits for its job's answer (the service calls them from `spawn_blocking`).
+//! `RESOURCE_EXHAUSTED`) instead of queueing without limit or hanging the caller. Jobs are taken by priority, without
+//! starving any (see `queue`): decodes, which a reader waits on, first; then encodes someone waits on ([`Engine::encode`]:
+//! a recall that met a page without usable tokens, a synchronous Remember); then background encodes
+//! ([`Engine::encode_background`]: the write-behind encoder, ageing, stale pages), which may fill only half the queue
+//! so that they never make a waiting caller `Busy`. Calls are blocking: the caller waits for its job's answer (the
+//! service calls them from `spawn_blocking`).
 //!
 //! The worker keeps [`EngineStats`]: jobs, time queued, time in the model, decodes finished or cut short. They are
 //! how `optimem bench` says where a request's time went, and how tests see that a cancelled decode stopped.
@@ -167,6 +170,8 @@ enum Job {
     Encode {
         image: Image8,
         tier: Tier,
+        /// Which encode lane it waits in.
+        lane: Lane,
         reply: mpsc::Sender<Result<Encoded, EngineError>>,
     },
     Decode {
@@ -202,7 +207,7 @@ impl Default for EngineConfig {
 /// the worker.
 #[derive(Debug)]
 pub struct Engine {
-    /// Jobs submitted and not yet taken by the worker, decodes first (see `queue`).
+    /// Jobs submitted and not yet taken by the worker, by lane (see `queue`).
     jobs: Arc<JobQueue<Queued>>,
     /// `None` when the worker could not be spawned: every call answers `Stopped`.
     worker: Option<JoinHandle<()>>,
@@ -317,7 +322,9 @@ impl Engine {
         }
         let lane = match job {
             Job::Decode { .. } => Lane::Decode,
-            _ => Lane::Other,
+            Job::Encode { lane, .. } => lane,
+            // Whoever pauses the worker waits for it to stop.
+            Job::Pause { .. } => Lane::Encode,
         };
         let at = Instant::now();
         self.jobs
@@ -328,12 +335,24 @@ impl Engine {
             })
     }
 
-    /// Encodes a page rasterized at `tier` into its vision tokens.
+    /// Encodes a page rasterized at `tier` into its vision tokens, for a caller someone waits on (a recall, a
+    /// synchronous Remember): it goes before background encodes.
     pub fn encode(&self, page: &GrayImage, tier: Tier) -> Result<Encoded, EngineError> {
+        self.encode_in(page, tier, Lane::Encode)
+    }
+
+    /// [`Engine::encode`] for work nobody waits on (the background encoder, ageing, re-encoding stale pages): it goes
+    /// after every other job unless it has waited `queue::STREAK` jobs, and is `Busy` once half the queue is full.
+    pub fn encode_background(&self, page: &GrayImage, tier: Tier) -> Result<Encoded, EngineError> {
+        self.encode_in(page, tier, Lane::Background)
+    }
+
+    fn encode_in(&self, page: &GrayImage, tier: Tier, lane: Lane) -> Result<Encoded, EngineError> {
         let (reply, rx) = mpsc::channel();
         self.submit(Job::Encode {
             image: page_image(page)?,
             tier,
+            lane,
             reply,
         })?;
         rx.recv().map_err(|_| EngineError::Stopped)?
@@ -432,7 +451,9 @@ fn run(model: &OcrModel, job: Job, stats: &Mutex<EngineStats>) {
     // A caller that gave up has dropped its receiver; its answer is discarded.
     let t0 = Instant::now();
     match job {
-        Job::Encode { image, tier, reply } => {
+        Job::Encode {
+            image, tier, reply, ..
+        } => {
             let result = {
                 let _span = tracing::info_span!("engine.encode", tier = %tier).entered();
                 encode(model, &image, tier)

@@ -706,3 +706,71 @@ fn write_behind_pages_are_encoded_on_demand_by_the_recall_that_needs_them() {
             .is_empty()
     );
 }
+
+/// A recall's encode is not queued behind background encodes: with three background encodes (the encoder's, ageing's)
+/// waiting while the worker is held, the encode of a recall that meets a pending page, queued after them, runs first.
+/// A second pause, queued right behind the recall's encode, stops the worker after it to look.
+#[test]
+fn a_recall_encode_overtakes_queued_background_encodes() {
+    let f = fixture(16, true);
+    let cfg = MemoryConfig {
+        encode: optimem::memory::EncodeMode::Background,
+        ..config(small_then_tiny())
+    };
+    let m = Arc::new(Memory::new(f.store.clone(), f.engine.clone(), cfg).expect("memory"));
+    let s = scope("vera");
+    m.remember(&s, &[msg("user", &long_text(7))])
+        .expect("remember");
+    let blank = GrayImage {
+        width: 8,
+        height: 8,
+        pixels: vec![255; 64],
+    };
+    let queued = |n: usize| {
+        while f.engine.queued() < n {
+            std::thread::yield_now();
+        }
+    };
+    let first = f.engine.pause().expect("pause");
+    let background_done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let background: Vec<_> = (0..3)
+        .map(|_| {
+            let (engine, page, done) = (f.engine.clone(), blank.clone(), background_done.clone());
+            std::thread::spawn(move || {
+                let r = engine.encode_background(&page, Tier::Tiny);
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                r
+            })
+        })
+        .collect();
+    queued(3);
+    let recall = {
+        let (m, s) = (m.clone(), s.clone());
+        std::thread::spawn(move || {
+            m.recall(
+                &s,
+                &Selector::LastPages(1),
+                RecallMode::Optical,
+                Budget::default(),
+            )
+        })
+    };
+    queued(4);
+    let second = {
+        let engine = f.engine.clone();
+        std::thread::spawn(move || engine.pause())
+    };
+    queued(5);
+    drop(first);
+    let second = second.join().expect("thread").expect("pause");
+    // The worker is held again: it has run the recall's encode, and no background one.
+    assert_eq!(f.engine.stats().encodes, 1);
+    assert_eq!(background_done.load(std::sync::atomic::Ordering::SeqCst), 0);
+    drop(second);
+    let got = recall.join().expect("thread").expect("recall");
+    assert!(got.len() == 1 && !got[0].meta.is_pending(), "{got:?}");
+    for b in background {
+        assert_eq!(b.join().expect("thread").expect("encode").rows, 73);
+    }
+    assert_eq!(f.engine.stats().encodes, 4);
+}

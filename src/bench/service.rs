@@ -7,7 +7,8 @@
 //! code, `RESOURCE_EXHAUSTED` (a full engine queue or encoding backlog; the client backs off before its next call)
 //! apart. The stage spans of the pipeline ([`super::StageTimes`]) and the engine's own counters say where the time
 //! went. With write-behind encoding (the server's default) the run then waits, server still up, until the encoder has
-//! drained the backlog the clients left, and reports how long that took.
+//! drained the backlog the clients left, and reports how long that took. The engine's counters are read when the
+//! last client finishes and again after the drain, so the client phase and the drain are reported apart.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -97,6 +98,7 @@ pub struct ServiceReport {
     pub max_new_tokens: usize,
     pub rpcs: Vec<RpcReport>,
     pub stages: Vec<StageRow>,
+    /// The engine's counters from the start until the last client finished (the drain apart).
     pub engine: EngineSummary,
     /// Pages in the store at the end, by tier (tiny, small, base, large, gundam).
     pub pages_per_tier: [u64; 5],
@@ -107,6 +109,8 @@ pub struct ServiceReport {
     /// all (the server still up, no clients).
     pub pending_at_end: usize,
     pub drain_s: f64,
+    /// The engine's counters over the drain alone (its busy share is of `drain_s`).
+    pub drain_engine: EngineSummary,
 }
 
 /// The engine's counters over the run, as rates.
@@ -209,10 +213,17 @@ pub fn run(opts: &ServiceBenchOptions) -> Result<ServiceReport, BenchError> {
     })?;
 
     let rt = runtime_with(dispatch)?;
-    let (samples, elapsed, drain) = rt.block_on(drive(memory.clone(), opts, turns))?;
+    let Driven {
+        samples,
+        elapsed,
+        at_stop,
+        pending_at_end,
+        drain,
+    } = rt.block_on(drive(memory.clone(), opts, turns))?;
     drop(rt);
 
-    let engine = EngineSummary::of(&memory.engine().stats(), elapsed);
+    let engine = EngineSummary::of(&at_stop, elapsed);
+    let drain_engine = EngineSummary::of(&memory.engine().stats().since(&at_stop), drain);
     let stats = memory.store().stats(None)?;
     let mut rpcs = Vec::new();
     for (rpc, name) in [
@@ -275,21 +286,33 @@ pub fn run(opts: &ServiceBenchOptions) -> Result<ServiceReport, BenchError> {
         pages_per_tier: StoreTier::ALL.map(|t| stats.pages_at(t)),
         encode: format!("{:?}", opts.encode).to_lowercase(),
         max_pending: opts.max_pending,
-        pending_at_end: drain.0,
-        drain_s: drain.1.as_secs_f64(),
+        pending_at_end,
+        drain_s: drain.as_secs_f64(),
+        drain_engine,
     })
 }
 
 /// How often the drain wait looks at the backlog.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
 
-/// Starts the server, runs the clients, waits for the encoder to drain the backlog, stops the server; the samples, the
-/// time from start to the last answer, and the backlog left by the clients with the time it took to drain.
+/// What [`drive`] saw.
+struct Driven {
+    samples: Vec<Sample>,
+    /// From the first request to the last answer.
+    elapsed: Duration,
+    /// The engine's counters when the last client finished.
+    at_stop: EngineStats,
+    /// The backlog the clients left, and the time the encoder took to store it.
+    pending_at_end: usize,
+    drain: Duration,
+}
+
+/// Starts the server, runs the clients, waits for the encoder to drain the backlog, stops the server.
 async fn drive(
     memory: Arc<Memory>,
     opts: &ServiceBenchOptions,
     turns: Arc<Vec<String>>,
-) -> Result<(Vec<Sample>, Duration, (usize, Duration)), BenchError> {
+) -> Result<Driven, BenchError> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
@@ -322,6 +345,7 @@ async fn drive(
         samples.extend(t.await.map_err(|e| BenchError::Client(e.to_string()))?);
     }
     let elapsed = start.elapsed();
+    let at_stop = memory.engine().stats();
     let pending_at_end = memory.pages_to_encode();
     let drained = Instant::now();
     while memory.pages_to_encode() > 0 {
@@ -332,7 +356,13 @@ async fn drive(
     server
         .await
         .map_err(|e| BenchError::Client(format!("server task: {e}")))??;
-    Ok((samples, elapsed, (pending_at_end, drain)))
+    Ok(Driven {
+        samples,
+        elapsed,
+        at_stop,
+        pending_at_end,
+        drain,
+    })
 }
 
 /// One client: remember a turn, recall the newest page, until `deadline`.
@@ -486,10 +516,10 @@ impl ServiceReport {
         let e = &self.engine;
         let _ = writeln!(
             s,
-            "\nEngine: {} jobs, busy {:.0}% of the run; queue wait mean {:.0} ms, max {:.0} ms; {} refused (queue \
+            "\nEngine until the clients stopped: {} jobs, busy {:.0}% of the run; queue wait mean {:.0} ms, max {:.0} ms; {} refused (queue \
              full). Encode {:.0} ms/page over {} pages. Decode {} pages ({} cancelled), {} tokens, {:.1} ms/token. \
              Pages stored by tier (tiny/small/base/large/gundam): {:?}. Backlog at the end: {} pages waiting for \
-             tokens, drained in {:.1} s.",
+             tokens, drained in {:.1} s ({} encodes, {:.0} ms/page, busy {:.0}% of the drain).",
             e.jobs,
             e.busy_share * 100.0,
             e.mean_queue_wait_ms,
@@ -503,7 +533,10 @@ impl ServiceReport {
             e.decode_ms_per_token,
             self.pages_per_tier,
             self.pending_at_end,
-            self.drain_s
+            self.drain_s,
+            self.drain_engine.encodes,
+            self.drain_engine.encode_ms_per_page,
+            self.drain_engine.busy_share * 100.0
         );
         s
     }

@@ -1,41 +1,81 @@
-//! The engine's job queue: bounded, with two lanes. A decode has a reader waiting on it (an OPTICAL recall, often
-//! streamed to a person), while an encode is a Remember or background ageing that can wait; so the worker takes the
-//! oldest decode first. After [`DECODE_STREAK`] decodes in a row it takes the oldest other job if one waits, so a
-//! steady stream of recalls cannot starve Remember, and neither lane waits forever.
+//! The engine's job queue: bounded, with three lanes in priority order.
 //!
-//! The bound covers both lanes together: a push onto a full queue fails at once (the engine's `Busy`).
+//! - `Decode`: a reader waits on it (an OPTICAL recall, often streamed to a person).
+//! - `Encode`: an encode someone waits on (a recall that met a page without usable tokens, a Remember under
+//!   `--encode sync`), and maintenance pauses.
+//! - `Background`: an encode nobody waits on (the background encoder, ageing, re-encoding stale pages).
+//!
+//! The worker takes the oldest job of the first non-empty lane, so a recall's encode is never queued behind background
+//! work. No lane starves: each waiting lane counts the jobs taken from other lanes since it last had a turn, and once
+//! that count reaches [`STREAK`] its oldest job goes next (the lane passed over longest first, the higher lane on a
+//! tie). So a steady stream of recalls cannot starve Remember or the encoder, and a job at the head of its lane waits
+//! at most `STREAK + 2` jobs.
+//!
+//! The bound covers all lanes together: a push onto a full queue fails at once (the engine's `Busy`). Background jobs
+//! may only use the lower part of it: [`JobQueue::background_limit`] keeps half the slots for jobs someone waits on,
+//! so background work cannot turn a recall into `Busy`.
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
-/// Decodes taken in a row before a waiting job of the other lane goes.
-pub const DECODE_STREAK: usize = 4;
+/// Jobs of other lanes taken while a lane waits before that lane gets a turn.
+pub const STREAK: usize = 4;
 
-/// Which lane a job waits in.
+/// Which lane a job waits in, highest priority first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lane {
     Decode,
-    Other,
+    Encode,
+    Background,
+}
+
+impl Lane {
+    const ALL: [Lane; 3] = [Lane::Decode, Lane::Encode, Lane::Background];
+
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// Why a push failed.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PushError {
-    /// The queue holds `capacity` jobs.
+    /// The queue holds `capacity` jobs (or, for a background job, its share of them).
     Full,
     /// The worker is gone.
     Closed,
 }
 
 struct State<T> {
-    decode: VecDeque<T>,
-    other: VecDeque<T>,
-    /// Decodes taken since the last other job.
-    streak: usize,
+    /// One queue per lane, indexed by [`Lane::index`].
+    lanes: [VecDeque<T>; 3],
+    /// Per lane, jobs of other lanes taken while this one waited since its last turn.
+    passed: [usize; 3],
     closed: bool,
 }
 
-/// A bounded two-lane queue between callers and the one worker.
+impl<T> State<T> {
+    fn len(&self) -> usize {
+        self.lanes.iter().map(VecDeque::len).sum()
+    }
+
+    /// The lane whose job goes next: a lane passed over [`STREAK`] times (the longest passed over, the higher on a
+    /// tie), else the first non-empty one.
+    fn next_lane(&self) -> Option<Lane> {
+        let waiting = Lane::ALL
+            .into_iter()
+            .filter(|l| !self.lanes[l.index()].is_empty());
+        let starved = waiting
+            .clone()
+            .filter(|l| self.passed[l.index()] >= STREAK)
+            // `max_by_key` keeps the last of equal keys; reversed, that is the higher lane.
+            .rev()
+            .max_by_key(|l| self.passed[l.index()]);
+        starved.or_else(|| waiting.clone().next())
+    }
+}
+
+/// A bounded three-lane queue between callers and the one worker.
 pub struct JobQueue<T> {
     state: Mutex<State<T>>,
     ready: Condvar,
@@ -55,9 +95,8 @@ impl<T> JobQueue<T> {
     pub fn new(capacity: usize) -> Self {
         Self {
             state: Mutex::new(State {
-                decode: VecDeque::new(),
-                other: VecDeque::new(),
-                streak: 0,
+                lanes: [VecDeque::new(), VecDeque::new(), VecDeque::new()],
+                passed: [0; 3],
                 closed: false,
             }),
             ready: Condvar::new(),
@@ -70,10 +109,15 @@ impl<T> JobQueue<T> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Jobs waiting, both lanes.
+    /// Jobs waiting, all lanes.
     pub fn len(&self) -> usize {
-        let s = self.lock();
-        s.decode.len() + s.other.len()
+        self.lock().len()
+    }
+
+    /// Jobs that may wait before a background push is refused: half the capacity, rounded up, so that the other half
+    /// is always free for jobs someone waits on (with a capacity of 1 the one slot is shared).
+    pub fn background_limit(&self) -> usize {
+        self.capacity.div_ceil(2)
     }
 
     pub fn push(&self, lane: Lane, item: T) -> Result<(), PushError> {
@@ -81,13 +125,14 @@ impl<T> JobQueue<T> {
         if s.closed {
             return Err(PushError::Closed);
         }
-        if s.decode.len() + s.other.len() >= self.capacity {
+        let limit = match lane {
+            Lane::Background => self.background_limit(),
+            Lane::Decode | Lane::Encode => self.capacity,
+        };
+        if s.len() >= limit {
             return Err(PushError::Full);
         }
-        match lane {
-            Lane::Decode => s.decode.push_back(item),
-            Lane::Other => s.other.push_back(item),
-        }
+        s.lanes[lane.index()].push_back(item);
         drop(s);
         self.ready.notify_one();
         Ok(())
@@ -97,15 +142,16 @@ impl<T> JobQueue<T> {
     pub fn pop(&self) -> Option<T> {
         let mut s = self.lock();
         loop {
-            let take_other =
-                !s.other.is_empty() && (s.decode.is_empty() || s.streak >= DECODE_STREAK);
-            if take_other {
-                s.streak = 0;
-                return s.other.pop_front();
-            }
-            if let Some(job) = s.decode.pop_front() {
-                s.streak += 1;
-                return Some(job);
+            if let Some(lane) = s.next_lane() {
+                let taken = lane.index();
+                for other in Lane::ALL.map(Lane::index) {
+                    if other == taken {
+                        s.passed[other] = 0;
+                    } else if !s.lanes[other].is_empty() {
+                        s.passed[other] += 1;
+                    }
+                }
+                return s.lanes[taken].pop_front();
             }
             if s.closed {
                 return None;
@@ -124,8 +170,9 @@ impl<T> JobQueue<T> {
     pub fn abandon(&self) {
         let mut s = self.lock();
         s.closed = true;
-        s.decode.clear();
-        s.other.clear();
+        for lane in &mut s.lanes {
+            lane.clear();
+        }
     }
 }
 
@@ -133,39 +180,96 @@ impl<T> JobQueue<T> {
 mod tests {
     use super::*;
 
+    fn drain<T>(q: &JobQueue<T>) -> Vec<T> {
+        q.close();
+        std::iter::from_fn(|| q.pop()).collect()
+    }
+
     #[test]
-    fn decodes_go_first_but_never_starve_the_other_lane() {
+    fn decodes_then_waited_encodes_then_background() {
         let q = JobQueue::new(32);
-        for i in 0..3 {
-            q.push(Lane::Other, format!("e{i}")).expect("push");
+        for (lane, job) in [
+            (Lane::Background, "b0"),
+            (Lane::Encode, "e0"),
+            (Lane::Decode, "d0"),
+            (Lane::Background, "b1"),
+            (Lane::Encode, "e1"),
+        ] {
+            q.push(lane, job).expect("push");
         }
-        for i in 0..6 {
+        assert_eq!(drain(&q), ["d0", "e0", "e1", "b0", "b1"]);
+    }
+
+    #[test]
+    fn decodes_go_first_but_never_starve_the_other_lanes() {
+        let q = JobQueue::new(32);
+        for i in 0..2 {
+            q.push(Lane::Background, format!("b{i}")).expect("push");
+        }
+        for i in 0..10 {
+            q.push(Lane::Encode, format!("e{i}")).expect("push");
+        }
+        for i in 0..10 {
             q.push(Lane::Decode, format!("d{i}")).expect("push");
         }
-        q.close();
-        let order: Vec<String> = std::iter::from_fn(|| q.pop()).collect();
+        // After four jobs ahead of them, both lower lanes are due: the encode lane (higher, on a tie) goes, then the
+        // background lane, which has been passed over longest.
         assert_eq!(
-            order,
-            ["d0", "d1", "d2", "d3", "e0", "d4", "d5", "e1", "e2"]
+            drain(&q),
+            [
+                "d0", "d1", "d2", "d3", "e0", "b0", "d4", "d5", "d6", "e1", "b1", "d7", "d8", "d9",
+                "e2", "e3", "e4", "e5", "e6", "e7", "e8", "e9"
+            ]
         );
     }
 
     #[test]
-    fn the_bound_covers_both_lanes_and_a_closed_queue_refuses() {
-        let q = JobQueue::new(2);
-        q.push(Lane::Other, 1).expect("push");
-        q.push(Lane::Decode, 2).expect("push");
-        assert_eq!(q.push(Lane::Decode, 3), Err(PushError::Full));
-        assert_eq!(q.len(), 2);
-        assert_eq!(q.pop(), Some(2));
+    fn a_background_job_waits_at_most_streak_plus_two_under_endless_load() {
+        let q = JobQueue::new(8);
+        q.push(Lane::Background, 'b').expect("push");
+        q.push(Lane::Encode, 'e').expect("push");
+        q.push(Lane::Decode, 'd').expect("push");
+        // Every job taken from the busy lanes is replaced at once, so they never run dry.
+        let mut taken = 0;
+        loop {
+            let job = q.pop().expect("a job");
+            taken += 1;
+            match job {
+                'd' => q.push(Lane::Decode, 'd').expect("push"),
+                'e' => q.push(Lane::Encode, 'e').expect("push"),
+                _ => break,
+            }
+            assert!(taken <= STREAK + 2, "background starved");
+        }
+        assert_eq!(taken, STREAK + 2);
+    }
+
+    #[test]
+    fn the_bound_covers_every_lane_and_background_jobs_get_half() {
+        let q = JobQueue::new(4);
+        assert_eq!(q.background_limit(), 2);
+        q.push(Lane::Background, 1).expect("push");
+        q.push(Lane::Background, 2).expect("push");
+        assert_eq!(q.push(Lane::Background, 3), Err(PushError::Full));
+        q.push(Lane::Encode, 4).expect("push");
+        q.push(Lane::Decode, 5).expect("push");
+        assert_eq!(q.push(Lane::Encode, 6), Err(PushError::Full));
+        assert_eq!(q.push(Lane::Decode, 6), Err(PushError::Full));
+        assert_eq!(q.len(), 4);
+        assert_eq!(q.pop(), Some(5));
+        assert_eq!(q.pop(), Some(4));
+        // Two jobs wait: still the background share.
+        assert_eq!(q.push(Lane::Background, 7), Err(PushError::Full));
         q.close();
-        assert_eq!(q.push(Lane::Other, 4), Err(PushError::Closed));
-        assert_eq!(q.pop(), Some(1));
+        assert_eq!(q.push(Lane::Encode, 8), Err(PushError::Closed));
+        assert_eq!(drain(&q), [1, 2]);
         assert_eq!(q.pop(), None);
-        let r = JobQueue::new(2);
-        r.push(Lane::Other, 5).expect("push");
-        r.abandon();
-        assert_eq!((r.len(), r.pop()), (0, None));
+        // A queue of one shares its slot.
+        let one = JobQueue::new(1);
+        one.push(Lane::Background, 9).expect("push");
+        assert_eq!(one.push(Lane::Decode, 10), Err(PushError::Full));
+        one.abandon();
+        assert_eq!((one.len(), one.pop()), (0, None));
     }
 
     #[test]

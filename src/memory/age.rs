@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use optimem_renderer::{GrayImage, Tier, downsample};
 use optimem_store::{PageId, PageMeta, PageParts, PageSelector, PageUpdate, Scope, StoreError};
 
+use super::encoder::EncodeFor;
 use super::policy::{from_store, sharpness, to_store};
 use super::{Memory, MemoryError, Result};
 
@@ -86,7 +87,7 @@ impl Memory {
         encode: bool,
     ) -> Result<PageUpdate> {
         let (tokens, vision_tokens) = if encode {
-            let (t, v) = self.encode_tokens(raster, tier)?;
+            let (t, v) = self.encode_tokens(raster, tier, EncodeFor::Background)?;
             (Some(t), v)
         } else {
             (None, tier.vision_tokens())

@@ -5,9 +5,12 @@
 //! (so a restart resumes), fed by Remember, and settled by whoever stores a page's tokens (the background encoder, or
 //! a recall encoding on demand) or removes the page (forget). Each entry remembers the newest generation known to be
 //! pending, so tokens stored for an older generation (the page was refilled or aged meanwhile) do not settle it.
+//!
+//! It also knows which pages are being encoded right now ([`Backlog::claim`]): the encoder and a recall that both want a
+//! page's tokens take turns, so the second finds the tokens stored by the first instead of encoding the page again.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -19,6 +22,26 @@ use optimem_store::{PageId, Scope};
 pub(crate) struct Backlog {
     state: Mutex<State>,
     wake: Condvar,
+    /// Signalled when a claim ends; separate from `wake` so that a recall waiting for a page never takes the encoder's
+    /// wake-up.
+    released: Condvar,
+}
+
+/// How often a wait for a claimed page looks at its cancel flag.
+const CLAIM_POLL: Duration = Duration::from_millis(50);
+
+/// A page being encoded by its holder; released on drop.
+#[derive(Debug)]
+pub(crate) struct Claim<'a> {
+    backlog: &'a Backlog,
+    id: PageId,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.backlog.lock().claimed.remove(&self.id);
+        self.backlog.released.notify_all();
+    }
 }
 
 #[derive(Debug, Default)]
@@ -27,6 +50,8 @@ struct State {
     queue: VecDeque<(Scope, PageId)>,
     /// Every page known to need tokens, with the newest generation known to need them.
     pending: HashMap<PageId, u64>,
+    /// Pages someone is encoding now (see [`Backlog::claim`]).
+    claimed: HashSet<PageId>,
 }
 
 impl Backlog {
@@ -114,6 +139,24 @@ impl Backlog {
         }
     }
 
+    /// Claims page `id` for encoding, first waiting while someone else holds it (their encode then usually leaves
+    /// nothing to do: the caller re-reads the page). `None` when `cancel` was set while waiting.
+    pub(crate) fn claim(&self, id: PageId, cancel: &AtomicBool) -> Option<Claim<'_>> {
+        let mut s = self.lock();
+        while s.claimed.contains(&id) {
+            if cancel.load(Ordering::Acquire) {
+                return None;
+            }
+            s = self
+                .released
+                .wait_timeout(s, CLAIM_POLL)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        s.claimed.insert(id);
+        Some(Claim { backlog: self, id })
+    }
+
     /// Waits `pause` (the engine's queue was full) unless `stop` is set first.
     pub(crate) fn wait(&self, stop: &AtomicBool, pause: Duration) {
         let until = Instant::now() + pause;
@@ -168,5 +211,31 @@ mod tests {
         b.wake_all();
         assert_eq!(b.next(&stop), None);
         Ok(())
+    }
+
+    #[test]
+    fn a_claimed_page_waits_for_its_holder_unless_cancelled() {
+        let b = std::sync::Arc::new(Backlog::default());
+        let (p, q) = (PageId::new(), PageId::new());
+        let never = AtomicBool::new(false);
+        let held = b.claim(p, &never).expect("free");
+        // Another page is not held up, and a cancelled waiter gives up.
+        drop(b.claim(q, &never).expect("free"));
+        assert!(b.claim(p, &AtomicBool::new(true)).is_none());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let b = b.clone();
+            std::thread::spawn(move || {
+                let _c = b.claim(p, &AtomicBool::new(false)).expect("released");
+                tx.send(()).expect("send");
+            })
+        };
+        assert!(
+            rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "did not wait"
+        );
+        drop(held);
+        rx.recv_timeout(Duration::from_secs(10)).expect("woken");
+        waiter.join().expect("join");
     }
 }

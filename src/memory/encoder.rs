@@ -5,11 +5,15 @@
 //! Three callers share this: the background [`Encoder`] thread, woken by Remember through the [`Backlog`](super::backlog)
 //! and stopped by the server's shutdown after the page in progress; a Recall that needs the tokens of such a page now
 //! (OPTICAL, EMBEDDINGS), which encodes it on its own thread and persists the result so the encoder skips it; and
-//! [`Memory::reencode_stale`], the same work done in one call. Encodes go through the engine's non-decode lane, so
-//! decodes still go first.
+//! [`Memory::reencode_stale`], the same work done in one call. The encoder's and `reencode_stale`'s encodes go through
+//! the engine's background lane, one at a time, while a recall's go through the lane for encodes someone waits on:
+//! a recall is never queued behind background encodes (decodes still go first of all).
 //!
-//! Whoever stores a page's tokens first wins; a page refilled, aged or forgotten meanwhile refuses the late tokens
-//! (its generation moved, or it is gone), and the encoder looks at it again.
+//! A page is encoded by one of them at a time ([`Backlog::claim`](super::backlog::Backlog::claim)): a recall that
+//! meets a page the encoder is encoding waits for that encode and reads its tokens instead of encoding the page twice
+//! (that background job is still taken within a few jobs: the engine's lanes do not starve). Whoever stores a page's
+//! tokens first wins; a page refilled, aged or forgotten meanwhile refuses the late tokens (its generation moved, or
+//! it is gone), and the encoder looks at it again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +38,15 @@ pub struct ReencodeReport {
     pub skipped: usize,
     /// True when the run was stopped before it had looked at every page.
     pub stopped: bool,
+}
+
+/// Who waits for an encode: it picks the engine's lane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum EncodeFor {
+    /// A caller is waiting (a recall, a synchronous Remember): before background work.
+    Caller,
+    /// Nobody is (the encoder, ageing, re-encoding): after every other job, in at most half the queue.
+    Background,
 }
 
 /// What happened to one page the encoder looked at.
@@ -103,7 +116,7 @@ impl Memory {
     fn encode_backlog(&self, stop: &AtomicBool) {
         while let Some((scope, id)) = self.backlog.next(stop) {
             let _span = tracing::info_span!("tokens.background", page = %id).entered();
-            match self.encode_stored(&scope, id) {
+            match self.encode_stored(&scope, id, stop) {
                 Ok(_) => {}
                 Err(e) if e.code() == ErrorCode::ResourceExhausted => {
                     self.backlog.requeue(&scope, id);
@@ -118,8 +131,13 @@ impl Memory {
         }
     }
 
-    /// Encodes page `id` from its stored raster if it still needs tokens, and stores them.
-    fn encode_stored(&self, scope: &Scope, id: PageId) -> Result<Outcome> {
+    /// Encodes page `id` from its stored raster, in the background lane, if it still needs tokens, and stores them.
+    /// Waits first while a recall encodes the same page (`stop` ends the wait; the page is looked at again).
+    fn encode_stored(&self, scope: &Scope, id: PageId, stop: &AtomicBool) -> Result<Outcome> {
+        let Some(_claim) = self.backlog.claim(id, stop) else {
+            self.backlog.requeue(scope, id);
+            return Ok(Outcome::Skipped);
+        };
         let parts = PageParts {
             raster: true,
             ..PageParts::NONE
@@ -140,16 +158,18 @@ impl Memory {
             self.backlog.settle(scope, id, Some(page.meta.generation));
             return Ok(Outcome::Skipped);
         }
-        Ok(match self.fill_tokens(scope, page)? {
-            Some(_) => Outcome::Encoded,
-            None => Outcome::Skipped,
-        })
+        Ok(
+            match self.fill_tokens(scope, page, EncodeFor::Background)? {
+                Some(_) => Outcome::Encoded,
+                None => Outcome::Skipped,
+            },
+        )
     }
 
     /// Encodes `page` (read with its raster) and stores its tokens at the page's generation. Returns the page with
     /// its tokens as stored, or `None` when the store refused them (the page changed or went meanwhile; the backlog
     /// looks at it again).
-    fn fill_tokens(&self, scope: &Scope, page: Page) -> Result<Option<Page>> {
+    fn fill_tokens(&self, scope: &Scope, page: Page, waiter: EncodeFor) -> Result<Option<Page>> {
         let Page {
             meta, raster_png, ..
         } = page;
@@ -159,7 +179,8 @@ impl Memory {
                 meta.id
             )))
         })?;
-        let (tokens, _) = self.encode_tokens(&GrayImage::from_png(&png)?, from_store(meta.tier))?;
+        let (tokens, _) =
+            self.encode_tokens(&GrayImage::from_png(&png)?, from_store(meta.tier), waiter)?;
         match self
             .store
             .put_tokens(scope, meta.id, meta.generation, tokens.clone())
@@ -203,6 +224,10 @@ impl Memory {
             if cancel.load(Ordering::Relaxed) {
                 return Err(MemoryError::Cancelled);
             }
+            // The encoder (or another recall) may be encoding this page now: wait for it, then read what it stored.
+            let Some(_claim) = self.backlog.claim(page.meta.id, cancel) else {
+                return Err(MemoryError::Cancelled);
+            };
             let parts = PageParts {
                 raster: true,
                 tokens: true,
@@ -223,7 +248,7 @@ impl Memory {
             if current.tokens.is_some() && !current.meta.needs_tokens(self.store.model_id()) {
                 return Ok(Some(current));
             }
-            if let Some(filled) = self.fill_tokens(scope, current)? {
+            if let Some(filled) = self.fill_tokens(scope, current, EncodeFor::Caller)? {
                 return Ok(Some(filled));
             }
         }
@@ -233,15 +258,20 @@ impl Memory {
         )))
     }
 
-    /// `raster` encoded at `tier`: the tokens as stored (in the configured dtype) and the paper's vision-token count.
+    /// `raster` encoded at `tier` in the engine lane for `waiter`: the tokens as stored (in the configured dtype) and
+    /// the paper's vision-token count.
     pub(super) fn encode_tokens(
         &self,
         raster: &GrayImage,
         tier: Tier,
+        waiter: EncodeFor,
     ) -> Result<(VisionTokens, u32)> {
         let enc = {
             let _span = tracing::info_span!("encode", tier = %tier).entered();
-            self.engine.encode(raster, tier)?
+            match waiter {
+                EncodeFor::Caller => self.engine.encode(raster, tier)?,
+                EncodeFor::Background => self.engine.encode_background(raster, tier)?,
+            }
         };
         let tokens = VisionTokens::from_f32(
             &enc.values,
@@ -263,7 +293,7 @@ impl Memory {
                 report.stopped = true;
                 break;
             }
-            match self.encode_stored(&scope, meta.id)? {
+            match self.encode_stored(&scope, meta.id, stop)? {
                 Outcome::Encoded => report.reencoded.push(meta.id),
                 Outcome::Skipped => report.skipped += 1,
             }

@@ -20,6 +20,7 @@ use optimem_store::{
     WritePages,
 };
 
+use super::encoder::EncodeFor;
 use super::policy::{from_store, to_store};
 use super::{EncodeMode, Memory, MemoryError, Result, now_ms};
 
@@ -253,7 +254,7 @@ impl Memory {
         for (tier, raster, source, spans) in rendered {
             let (tokens, vision_tokens) = match self.cfg.encode {
                 EncodeMode::Sync => {
-                    let (t, v) = self.encode_tokens(&raster, tier)?;
+                    let (t, v) = self.encode_tokens(&raster, tier, EncodeFor::Caller)?;
                     (Some(t), v)
                 }
                 EncodeMode::Background => (None, tier.vision_tokens()),

@@ -10,7 +10,7 @@
 //! Beside the requests, [`run`] keeps the store in shape on the same engine: its [`Encoder`] thread encodes the pages
 //! whose tokens are pending (Remember writes them write-behind under `EncodeMode::Background`) or stale (another model
 //! made them), resuming the backlog found at start; and every [`ServerConfig::age_every`] it ages the store. Both go
-//! page by page through the engine's non-decode lane, so requests interleave with them, and shutdown waits for the
+//! page by page through the engine's background lane, so requests go ahead of them, and shutdown waits for the
 //! page in progress.
 //!
 //! # Layout
