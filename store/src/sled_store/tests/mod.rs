@@ -87,6 +87,16 @@ pub(super) fn write(
     )
 }
 
+/// One 10-byte memory written alone on a Base page; `tokens: false` writes the page pending (write-behind).
+pub(super) fn write_one(store: &SledStore, scope: &Scope, tokens: bool) -> Result<PageMeta> {
+    let a = memory(10, 1);
+    let mut new = page(&[(a.id, 0..10)], 1, Tier::Base)?;
+    if !tokens {
+        new.tokens = None;
+    }
+    Ok(write(store, scope, vec![a], vec![new])?.pages.remove(0))
+}
+
 /// Every key and value of every tree, to prove a rejected request changed nothing.
 pub(super) type Snapshot = Vec<(Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)>;
 

@@ -8,15 +8,7 @@ fn model_change_refuses_or_reports_stale_pages() -> TestResult {
     let scope = Scope::user("u")?;
     let id = {
         let store = open(dir.path(), "old")?;
-        let a = memory(10, 1);
-        write(
-            &store,
-            &scope,
-            vec![a.clone()],
-            vec![page(&[(a.id, 0..10)], 1, Tier::Base)?],
-        )?
-        .pages[0]
-            .id
+        write_one(&store, &scope, true)?.id
     };
     let refuse = OpenOptions {
         on_model_mismatch: OnModelMismatch::Refuse,
@@ -70,15 +62,7 @@ fn damaged_parts_and_schemas_are_reported() -> TestResult {
     let scope = Scope::user("u")?;
     {
         let store = open(dir.path(), "m")?;
-        let a = memory(10, 1);
-        let id = write(
-            &store,
-            &scope,
-            vec![a.clone()],
-            vec![page(&[(a.id, 0..10)], 1, Tier::Base)?],
-        )?
-        .pages[0]
-            .id;
+        let id = write_one(&store, &scope, true)?.id;
         store
             .rasters
             .insert(id.to_bytes(), b"\x89PNG\r\n\x1a\nflipped".to_vec())?;
@@ -128,15 +112,7 @@ fn a_schema_1_store_is_migrated_on_open() -> TestResult {
     let scope = Scope::user("u")?;
     let written = {
         let store = open(dir.path(), "m")?;
-        let a = memory(10, 1);
-        let meta = write(
-            &store,
-            &scope,
-            vec![a.clone()],
-            vec![page(&[(a.id, 0..10)], 1, Tier::Base)?],
-        )?
-        .pages
-        .remove(0);
+        let meta = write_one(&store, &scope, true)?;
         // Rewind the store to schema 1: its page record in format 1 (no token state).
         let mut v1 = crate::page::encode_meta(&meta);
         v1[0] = 1;
@@ -175,15 +151,7 @@ fn dropping_sources_by_retention_policy() -> TestResult {
         },
     )?;
     let scope = Scope::user("u")?;
-    let a = memory(10, 1);
-    let meta = write(
-        &store,
-        &scope,
-        vec![a.clone()],
-        vec![page(&[(a.id, 0..10)], 1, Tier::Base)?],
-    )?
-    .pages
-    .remove(0);
+    let meta = write_one(&store, &scope, true)?;
     assert_eq!((meta.source, meta.text_bytes), (None, 10));
     let got = store.get_pages(&scope, &PageSelector::LastN(1), PageParts::ALL)?;
     assert!(got[0].source.is_none() && got[0].raster_png.is_some());

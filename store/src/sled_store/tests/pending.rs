@@ -64,15 +64,7 @@ fn put_tokens_fills_a_pending_page_once_at_its_generation() -> TestResult {
     let dir = tempfile::tempdir()?;
     let store = open(dir.path(), "m")?;
     let scope = Scope::user("u")?;
-    let a = memory(10, 1);
-    let meta = write(
-        &store,
-        &scope,
-        vec![a.clone()],
-        vec![pending(&[(a.id, 0..10)], 1, Tier::Base)?],
-    )?
-    .pages
-    .remove(0);
+    let meta = write_one(&store, &scope, false)?;
     let before = snapshot(&store)?;
     // Another generation, another scope, another page: refused, nothing written.
     let wrong_gen = store.put_tokens(&scope, meta.id, meta.generation + 1, p_tokens()?);
@@ -197,15 +189,7 @@ fn stale_pages_take_tokens_of_the_new_model_through_put_tokens() -> TestResult {
     let scope = Scope::user("u")?;
     let id = {
         let store = open(dir.path(), "old")?;
-        let a = memory(10, 1);
-        write(
-            &store,
-            &scope,
-            vec![a.clone()],
-            vec![page(&[(a.id, 0..10)], 1, Tier::Base)?],
-        )?
-        .pages[0]
-            .id
+        write_one(&store, &scope, true)?.id
     };
     let store = open(dir.path(), "new")?;
     let todo = store.pages_to_encode(None)?;
