@@ -344,19 +344,15 @@ def main():
         if [k for k in missing if not k.startswith(("glyph_head.", "stage_heads."))] or unexpected:
             raise SystemExit(f"checkpoint does not fit: missing {missing}, unexpected {unexpected}")
     elif args.resume:
-        aux_path = args.resume_aux or os.path.join(args.resume, "aux_head.pt")
-        if os.path.exists(aux_path):
-            sd = {k: v.float() for k, v in torch.load(aux_path, map_location="cpu").items()}
-            try:
-                trainer.aux_head.load_state_dict(sd)
-            except RuntimeError:  # a head of an earlier layout (bare Linear): start a fresh one
-                print(f"auxiliary head in {aux_path} has another layout; starting a new one", flush=True)
-        glyph_path = args.resume_glyph or os.path.join(args.resume, "glyph_head.pt")
-        if trainer.glyph_head is not None and os.path.exists(glyph_path):
-            try:
-                trainer.glyph_head.load_state_dict({k: v.float() for k, v in torch.load(glyph_path, map_location="cpu").items()})
-            except RuntimeError:  # another grid or rank: start a new one
-                print(f"glyph head in {glyph_path} has another shape; starting a new one", flush=True)
+        # training-only heads exported beside the weights (bf16); one of another layout (an earlier bare-Linear
+        # auxiliary head, another glyph grid or rank) is left fresh
+        for head, path in ((trainer.aux_head, args.resume_aux or os.path.join(args.resume, "aux_head.pt")),
+                           (trainer.glyph_head, args.resume_glyph or os.path.join(args.resume, "glyph_head.pt"))):
+            if head is not None and os.path.exists(path):
+                try:
+                    head.load_state_dict({k: v.float() for k, v in torch.load(path, map_location="cpu").items()})
+                except RuntimeError:
+                    print(f"the head in {path} has another layout; starting a new one", flush=True)
         summ = args.resume_summary or os.path.join(args.resume, "summary.json")
         if os.path.exists(summ):  # totals so far (an exported folder carries no optimizer state)
             with open(summ, encoding="utf-8") as f:
@@ -450,6 +446,11 @@ def main():
                 ids, mask, labels = build_inputs(tg, q * (q + 1) + 1, prompt_ids, image_id, eos)
                 out = model(ids, pixel_values=pixels(imgs), images_seq_mask=mask, labels=labels, return_logits=False)
                 real = out.loss
+                gi = D.pad_indices([D.glyph_targets(p[0], classes, args.glyph_grid) for p in pages]).to(dev) \
+                    if glyph_grid > 0 else None
+                # the stage heads on the real page's feature maps, kept by the hooks until the blank page's forward
+                stage_acc = {f"glyph_acc_{name}": round(float((glg.argmax(-1) == gcl).float().mean()), 4)
+                             for name, glg, gcl in (trainer.stage_glyphs(gi, q) if gi is not None else [])}
                 blank = model(ids, pixel_values=pixels(torch.full_like(imgs, 255)), images_seq_mask=mask, labels=labels,
                               return_logits=False).loss
                 lg = trainer.aux_head(out.vision_tokens).float()
@@ -459,13 +460,8 @@ def main():
                              # does the encoder see which characters are in each cell? own page vs another page's
                              "aux_recall": round(aux_recall(lg, tgt), 4),
                              "aux_recall_other": round(aux_recall(lg.roll(1, 0), tgt), 4)}
-                if glyph_grid > 0:  # top-1 of each glyph read back from its sub-cell
-                    gi = D.pad_indices([D.glyph_targets(p[0], classes, args.glyph_grid) for p in pages]).to(dev)
-                    if len(trainer.stage_heads):
-                        model.encode_images(pixels(imgs))  # the hooks keep the real page's feature maps
-                    for name, glg, gcl in trainer.stage_glyphs(gi, q):  # the stage heads on the real page
-                        res[tier][f"glyph_acc_{name}"] = round(float((glg.argmax(-1) == gcl).float().mean()), 4)
-                if trainer.glyph_head is not None:
+                res[tier].update(stage_acc)
+                if trainer.glyph_head is not None:  # top-1 of each glyph read back from its sub-cell
                     for key, vt in (("glyph_acc", out.vision_tokens), ("glyph_acc_other", out.vision_tokens.roll(1, 0))):
                         glg, gcl = trainer.glyph_head(vt, gi)
                         res[tier][key] = round(float((glg.argmax(-1) == gcl).float().mean()), 4)
