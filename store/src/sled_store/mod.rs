@@ -198,6 +198,16 @@ impl SledStore {
         )
     }
 
+    /// Runs one page-writing transaction in a `store.commit` span, then acknowledges it.
+    fn commit<T>(&self, pages: usize, transaction: impl FnOnce() -> Result<T>) -> Result<T> {
+        let done = {
+            let _span = tracing::info_span!("store.commit", pages).entered();
+            transaction()?
+        };
+        self.ack()?;
+        Ok(done)
+    }
+
     /// Acknowledges a mutation per the durability setting.
     fn ack(&self) -> Result<()> {
         if self.opts.durability == Durability::Flush {
@@ -302,12 +312,7 @@ impl Store for SledStore {
     }
 
     fn write_pages(&self, scope: &Scope, write: WritePages) -> Result<WriteReceipt> {
-        let receipt = {
-            let _span = tracing::info_span!("store.commit", pages = write.pages.len()).entered();
-            self.write_pages_inner(scope, write)?
-        };
-        self.ack()?;
-        Ok(receipt)
+        self.commit(write.pages.len(), || self.write_pages_inner(scope, write))
     }
 
     fn get_pages(
@@ -335,12 +340,9 @@ impl Store for SledStore {
         expected_generation: u64,
         update: PageUpdate,
     ) -> Result<PageMeta> {
-        let meta = {
-            let _span = tracing::info_span!("store.commit", pages = 1).entered();
-            self.update_page_inner(scope, id, expected_generation, update)?
-        };
-        self.ack()?;
-        Ok(meta)
+        self.commit(1, || {
+            self.update_page_inner(scope, id, expected_generation, update)
+        })
     }
 
     fn forget_scope(&self, scope: &Scope) -> Result<ForgetReport> {
@@ -362,12 +364,9 @@ impl Store for SledStore {
         expected_generation: u64,
         tokens: VisionTokens,
     ) -> Result<PageMeta> {
-        let meta = {
-            let _span = tracing::info_span!("store.commit", pages = 1).entered();
-            self.put_tokens_inner(scope, id, expected_generation, tokens)?
-        };
-        self.ack()?;
-        Ok(meta)
+        self.commit(1, || {
+            self.put_tokens_inner(scope, id, expected_generation, tokens)
+        })
     }
 
     fn stale_pages(&self, scope: Option<&Scope>) -> Result<Vec<(Scope, PageMeta)>> {
