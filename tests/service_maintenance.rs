@@ -79,15 +79,7 @@ async fn shutdown_waits_for_the_page_being_aged() {
     )
     .await;
     // The age's encode of the older page waits in the queue of the held worker.
-    while f.engine.queued() == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let stopping = tokio::spawn(server.stop());
-    // A negative check: while the page's encode cannot finish, neither can the shutdown.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!stopping.is_finished(), "shutdown did not wait for ageing");
-    drop(pause);
-    stopping.await.expect("server stopped");
+    server.stop_after_held_job(&f, pause, "ageing").await;
 
     // The page in progress was aged and written before the store was flushed and closed.
     let store = SledStore::open(

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::server::*;
 use optimem::service::pb::{self, selector::By};
 use optimem_store::{OpenOptions, SledStore, Store};
@@ -147,17 +145,9 @@ async fn a_restart_finishes_the_pages_left_pending() {
     let written = r.pages.len() as u64;
     assert!(written >= 2, "{r:?}");
     // The encoder is waiting for the held worker with the first page: shutdown waits for that page, then stops.
-    while f.engine.queued() == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let stopping = tokio::spawn(server.stop());
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !stopping.is_finished(),
-        "shutdown did not wait for the page being encoded"
-    );
-    drop(pause);
-    stopping.await.expect("server stopped");
+    server
+        .stop_after_held_job(&f, pause, "the page being encoded")
+        .await;
     {
         let store = SledStore::open(
             f.tmp.path().join("db"),

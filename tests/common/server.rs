@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use candle_core::{DType, Device};
-use optimem::engine::{Engine, EngineConfig};
+use optimem::engine::{Engine, EngineConfig, PauseGuard};
 use optimem::memory::{DEFAULT_MAX_PENDING, EncodeMode, Limits, Memory, MemoryConfig, TierPolicy};
 use optimem::service::pb::memory_client::MemoryClient;
 use optimem::service::pb::{self, selector::By};
@@ -101,6 +101,20 @@ impl Server {
             .await
             .expect("join")
             .expect("server stopped cleanly");
+    }
+
+    /// Stops the server while `pause` holds the engine's worker and a job waits in its queue, checks that the
+    /// shutdown waits for that job (`what` names it in the failure), then lets the worker go and waits for the stop.
+    pub async fn stop_after_held_job(self, f: &Fixture, pause: PauseGuard, what: &str) {
+        while f.engine.queued() == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let stopping = tokio::spawn(self.stop());
+        // A negative check: while the job cannot finish, neither can the shutdown.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!stopping.is_finished(), "shutdown did not wait for {what}");
+        drop(pause);
+        stopping.await.expect("server stopped");
     }
 
     pub async fn channel(&self) -> Channel {
