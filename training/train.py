@@ -190,7 +190,9 @@ class Trainer(nn.Module):
         return out
 
     def forward(self, input_ids, pixel_values, images_seq_mask, labels, glyph_idx=None, encoder_only=False):
-        """→ (CE loss or None when encoder_only, bag logits or None when unused, glyph (logits, classes) or None)."""
+        """→ (CE loss or None when encoder_only, bag logits or None when unused, glyph (logits, classes) or None,
+        the deep-supervision heads' [(stage, logits, classes)]). Every head runs here, inside forward, so that
+        DistributedDataParallel sees each parameter used once per step."""
         if encoder_only:
             ce, vt = None, self.model.encode_images(pixel_values)
         else:
@@ -198,7 +200,8 @@ class Trainer(nn.Module):
                              return_logits=False)
             ce, vt = out.loss, out.vision_tokens
         glyph = self.glyph_head(vt, glyph_idx) if self.glyph_head is not None and glyph_idx is not None else None
-        return ce, self.aux_head(vt) if self.use_aux else None, glyph
+        stages = self.stage_glyphs(glyph_idx, pixel_values.shape[-1] // D.CELL_PX) if glyph_idx is not None else []
+        return ce, self.aux_head(vt) if self.use_aux else None, glyph, stages
 
 
 def pixels(images_u8: torch.Tensor) -> torch.Tensor:
@@ -370,7 +373,7 @@ def main():
             q = 8
             ids, mask, labels = build_inputs(torch.full((2, 8), 100, device=dev), q * (q + 1) + 1, prompt_ids, image_id, eos)
             with torch.autocast(dev.type, dtype=torch.bfloat16):
-                ce, _, _ = trainer(ids, pixels(torch.full((2, 512, 512), 200, dtype=torch.uint8, device=dev)), mask, labels)
+                ce, _, _, _ = trainer(ids, pixels(torch.full((2, 512, 512), 200, dtype=torch.uint8, device=dev)), mask, labels)
             ce.backward()
         except (RuntimeError, NotImplementedError) as e:
             print(f"grouped_mm experts failed under autocast ({e}); using eager experts", flush=True)
@@ -530,7 +533,7 @@ def main():
         for g in opt.param_groups:
             g["lr"] = lr * g.get("lr_mult", 1.0)
         with torch.autocast(dev.type, dtype=torch.bfloat16):
-            ce, aux_logits, glyph = net(ids, pixels(imgs), mask, labels, glyph_idx, enc_only)
+            ce, aux_logits, glyph, stages = net(ids, pixels(imgs), mask, labels, glyph_idx, enc_only)
             loss = 0.0
             if aux_logits is not None:
                 al = aux_loss(aux_logits, aux_idx)
@@ -542,11 +545,10 @@ def main():
                 gl = F.cross_entropy(glyph[0].float(), glyph[1])
                 loss = loss + args.glyph_weight * gl
                 glyph_acc = glyph_acc + gl.detach()
-            if len(trainer.stage_heads):
-                for _name, slg, scl in trainer.stage_glyphs(glyph_idx, q):
-                    sl = F.cross_entropy(slg.float(), scl)
-                    loss = loss + args.stage_glyph_weight * sl
-                    stage_acc = stage_acc + sl.detach()
+            for _name, slg, scl in stages:
+                sl = F.cross_entropy(slg.float(), scl)
+                loss = loss + args.stage_glyph_weight * sl
+                stage_acc = stage_acc + sl.detach()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(trainer.parameters(), 1.0)

@@ -3,6 +3,8 @@
 # each run's log and, unless NO_EXPORT=1, its latest export (bf16 parts in official names, aux head, summary) to $OUT.
 # One run: state folder $OSTATE (default /root/ostate), files straight into $OUT. Several runs side by side (each
 # started by launch.sh with its own OSTATE): OSTATES="/root/a /root/b", files into $OUT/a, $OUT/b.
+# SKIP="aux_head.pt summary.json" leaves those export files out (the device returns 8 files at most; the log's
+# summary event carries the summary's figures).
 # Usage: bash .gpu/watch.sh SECONDS
 SECS=$1
 read -r -a STATES <<< "${OSTATES:-${OSTATE:-/root/ostate}}"
@@ -29,7 +31,9 @@ for S in "${STATES[@]}"; do
   cp "$S/log.jsonl" "$D"/ 2>/dev/null
   if [ "${NO_EXPORT:-0}" != 1 ]; then
     for i in 1 2 3 4 5 6; do [ -d "$S/export" ] && break; sleep 5; done
-    [ -d "$S/export" ] && cp "$S"/export/* "$D"/ 2>/dev/null
+    if [ -d "$S/export" ]; then
+      for f in "$S"/export/*; do case " ${SKIP:-} " in *" $(basename "$f") "*) ;; *) cp "$f" "$D"/ ;; esac; done
+    fi
   elif [ -f "$S/export/summary.json" ]; then cp "$S/export/summary.json" "$D"/
   fi
 done
