@@ -30,6 +30,7 @@ use optimem_renderer::{GrayImage, Tier};
 use crate::model::generate::{Control, StopReason};
 use crate::model::tokenizer::OcrTokenizer;
 use crate::model::{Image8, Mode, ModelError, OcrModel};
+use crate::threads::ModelThreads;
 use queue::{JobQueue, Lane, PushError};
 
 /// Jobs waiting beyond the one running, by default: enough to smooth a burst, small enough that a caller learns
@@ -193,12 +194,19 @@ enum Job {
 pub struct EngineConfig {
     /// Jobs that may wait while one runs; a submission beyond this is [`EngineError::Busy`]. At least 1.
     pub queue: usize,
+    /// Nice value (0–19) of the worker and of the model's CPU threads ([`crate::threads::ModelThreads`]): above the
+    /// request handlers' 0, so rendering a Remember's pages is not slowed by an encode running beside it.
+    pub nice: i32,
 }
+
+/// The model's nice value by default: a Remember's rendering is served first, the model takes the rest of the CPU.
+pub const DEFAULT_NICE: i32 = 10;
 
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             queue: DEFAULT_QUEUE,
+            nice: DEFAULT_NICE,
         }
     }
 }
@@ -216,6 +224,8 @@ pub struct Engine {
     hidden: usize,
     /// Updated by the worker after each job, read by [`Engine::stats`].
     stats: Arc<Mutex<EngineStats>>,
+    /// The modes the weights were trained to read (`None`: every mode), from the model's config.json.
+    trained: Option<Vec<Mode>>,
     /// The model's tokenizer, for counting on the caller's thread.
     tokenizer: OcrTokenizer,
 }
@@ -243,6 +253,7 @@ impl Engine {
         let jobs = Arc::new(JobQueue::<Queued>::new(queue));
         let model_id = model.id.clone();
         let hidden = model.text.hidden_size;
+        let trained = model.trained_modes.clone();
         let tokenizer = model.tokenizer.clone();
         let stats = Arc::new(Mutex::new(EngineStats::default()));
         let worker_stats = stats.clone();
@@ -250,25 +261,38 @@ impl Engine {
         // The worker reports to the subscriber of the thread that started it (the global one, or a benchmark's or a
         // test's scoped one), so the model's spans land where its callers' do.
         let dispatch = tracing::dispatcher::get_default(|d| d.clone());
-        let worker = std::thread::Builder::new()
-            .name("optimem-engine".into())
-            .spawn(move || {
-                // However the worker ends (a job may panic), waiting jobs are dropped, so their callers get
-                // `Stopped` instead of waiting forever.
-                let _abandon = Abandon(worker_jobs.clone());
-                tracing::dispatcher::with_default(&dispatch, || {
-                    while let Some(Queued { job, at }) = worker_jobs.pop() {
-                        let wait = at.elapsed();
-                        update(&worker_stats, |s| {
-                            s.jobs += 1;
-                            s.queue_wait += wait;
-                            s.max_queue_wait = s.max_queue_wait.max(wait);
-                        });
-                        run(&model, job, &worker_stats);
-                    }
-                });
-            })
+        let nice = cfg.nice;
+        // No pool, no worker: every call then answers `Stopped`.
+        let threads = ModelThreads::new(nice)
+            .inspect_err(|e| tracing::error!(error = %e, "could not start the model's threads"))
             .ok();
+        let worker = threads.and_then(|threads| {
+            std::thread::Builder::new()
+                .name("optimem-engine".into())
+                .spawn(move || {
+                    // However the worker ends (a job may panic), waiting jobs are dropped, so their callers get
+                    // `Stopped` instead of waiting forever.
+                    let _abandon = Abandon(worker_jobs.clone());
+                    crate::threads::lower_priority(nice);
+                    tracing::dispatcher::with_default(&dispatch, || {
+                        while let Some(Queued { job, at }) = worker_jobs.pop() {
+                            let wait = at.elapsed();
+                            update(&worker_stats, |s| {
+                                s.jobs += 1;
+                                s.queue_wait += wait;
+                                s.max_queue_wait = s.max_queue_wait.max(wait);
+                            });
+                            // The pool's threads report to the same subscriber as the worker.
+                            threads.run(|| {
+                                tracing::dispatcher::with_default(&dispatch, || {
+                                    run(&model, job, &worker_stats)
+                                })
+                            });
+                        }
+                    });
+                })
+                .ok()
+        });
         Self {
             jobs,
             worker,
@@ -276,8 +300,17 @@ impl Engine {
             model_id,
             hidden,
             stats,
+            trained,
             tokenizer,
         }
+    }
+
+    /// Whether the loaded weights were trained to read pages of `tier` (config.json `trained_tiers`; the official
+    /// checkpoint reads every tier).
+    pub fn reads(&self, tier: Tier) -> bool {
+        self.trained
+            .as_ref()
+            .is_none_or(|modes| modes.contains(&mode_for(tier)))
     }
 
     /// What the worker has done so far.

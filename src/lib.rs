@@ -7,6 +7,7 @@
 //! - [`input`]: reading plain text and chat logs (JSONL / JSON arrays) with line-numbered errors.
 //! - [`model`]: DeepSeek-OCR in candle (DeepEncoder, MoE decoder, generation, tokenizer), loading the official checkpoint layout.
 //! - [`engine`]: the model's worker thread behind a bounded queue (encode, decode with streaming and cancel, count).
+//! - [`threads`]: the model's CPU threads (count pinned once, lower scheduling priority than request handling).
 //! - [`memory`]: Remember / Recall / Age / Forget / Stats over the renderer, the engine and the store.
 //! - [`service`]: the gRPC service `optimem.v1.Memory` over [`memory`], with health, reflection and bearer-token auth.
 //! - [`metrics`]: precision, word recall, text tokens and compression ratio, one definition everywhere (DESIGN.md §6).
@@ -25,3 +26,4 @@ pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod service;
+pub mod threads;

@@ -357,7 +357,11 @@ fn print_report(report: &impl std::fmt::Display, value: &serde_json::Value, json
     }
 }
 
+// Reason: `pin_thread_count` changes the environment, which is sound only while this is the only thread.
+#[allow(unsafe_code)]
 fn main() -> ExitCode {
+    // SAFETY: first thing in `main`: no other thread exists yet.
+    unsafe { optimem::threads::pin_thread_count() };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("OPTIMEM_LOG")

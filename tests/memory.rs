@@ -12,7 +12,7 @@ use optimem::engine::{Engine, EngineConfig, EngineError};
 use optimem::memory::policy::from_store;
 use optimem::memory::{
     Budget, ErrorCode, Forget, Memory, MemoryConfig, MemoryError, Message, RecallMode, Recalled,
-    Selector, StreamEvent, TierPolicy,
+    Selector, StreamEvent, TierPolicy, decode_budget,
 };
 use optimem::model::generate::Control;
 use optimem_renderer::{GrayImage, Tier};
@@ -31,8 +31,16 @@ fn fixture(queue: usize, keep_source: bool) -> Fixture {
     let model = tmp.path().join("model");
     std::fs::create_dir(&model).expect("mkdir");
     common::fixture_model_dir(&model);
-    let engine =
-        Engine::load(&model, &Device::Cpu, DType::F32, EngineConfig { queue }).expect("engine");
+    let engine = Engine::load(
+        &model,
+        &Device::Cpu,
+        DType::F32,
+        EngineConfig {
+            queue,
+            ..EngineConfig::default()
+        },
+    )
+    .expect("engine");
     let mut opts = OpenOptions::new(engine.model_id());
     opts.keep_source = keep_source;
     let store = SledStore::open(tmp.path().join("db"), opts).expect("store");
@@ -199,6 +207,43 @@ fn remember_then_recall_in_every_mode() {
         unknown.map_err(|e| e.code()).err(),
         Some(ErrorCode::NotFound)
     );
+}
+
+#[test]
+fn an_optical_recall_generates_no_more_than_the_page_holds() {
+    let f = fixture(4, true);
+    let cap = 4096;
+    let m = Memory::new(
+        f.store.clone(),
+        f.engine.clone(),
+        MemoryConfig {
+            max_new_tokens: cap,
+            ..config(small_then_tiny())
+        },
+    )
+    .expect("memory");
+    let s = scope("bounded");
+    m.remember(&s, &[msg("user", "A short page.")])
+        .expect("remember");
+    let got = m
+        .recall(
+            &s,
+            &Selector::LastPages(1),
+            RecallMode::Optical,
+            Budget::default(),
+        )
+        .expect("optical");
+    let Recalled::Optical { tokens, .. } = &got[0].content else {
+        panic!("not optical")
+    };
+    let budget = decode_budget(&got[0].meta, cap);
+    let held = got[0].meta.text_tokens as usize;
+    assert!(
+        held > 0 && budget < 100,
+        "{held} tokens held, budget {budget}"
+    );
+    // The random-weight model never says EOS: it runs to the page's budget, not to the global cap.
+    assert_eq!(*tokens, budget);
 }
 
 #[test]

@@ -27,6 +27,9 @@ def main() -> None:
     ap.add_argument("--tokenizer", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--ref", default=os.path.join(HERE, "..", "tools", "reference"))
+    ap.add_argument("--trained-tiers", default="",
+                    help="comma-separated modes the model was trained to read (e.g. tiny,small), written to config.json "
+                         "as `trained_tiers`: the server's default tier policy keeps to them")
     args = ap.parse_args()
     sys.path.insert(0, os.path.abspath(args.ref))
     from optimem_ref import DeepseekOCR
@@ -45,6 +48,18 @@ def main() -> None:
             os.remove(os.path.join(args.out, stale))
     model.save_pretrained(args.out, dtype=torch.bfloat16, metadata=meta)
     shutil.copyfile(args.tokenizer, os.path.join(args.out, "tokenizer.json"))
+    if args.trained_tiers:
+        tiers = [t.strip().lower() for t in args.trained_tiers.split(",") if t.strip()]
+        bad = [t for t in tiers if t not in ("tiny", "small", "base", "large", "gundam")]
+        if bad or not tiers:
+            raise SystemExit(f"--trained-tiers: unknown or missing modes {bad or tiers}")
+        cfg_path = os.path.join(args.out, "config.json")
+        with open(cfg_path, encoding="utf-8") as f:
+            cfg = json.load(f)
+        cfg["trained_tiers"] = tiers
+        with open(cfg_path, "w", encoding="utf-8") as f:
+            json.dump(cfg, f, indent=2)
+            f.write("\n")
     # check: the single file holds exactly the exported tensors
     written = load_file(os.path.join(args.out, "model.safetensors"))
     src = {}

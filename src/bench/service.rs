@@ -40,6 +40,8 @@ pub struct ServiceBenchOptions {
     pub duration: Duration,
     /// The engine's queue (the server's `--queue`).
     pub queue: usize,
+    /// Nice value of the model's threads (the server's `--model-nice`).
+    pub model_nice: i32,
     /// Text tokens per remembered turn, about.
     pub turn_tokens: usize,
     /// Cap on tokens decoded per recalled page (the memory layer's `max_new_tokens`).
@@ -47,7 +49,8 @@ pub struct ServiceBenchOptions {
     /// How long a client waits after `RESOURCE_EXHAUSTED` before its next call, as a well-behaved client would.
     pub backoff: Duration,
     /// The tiers new pages are written at (the server's default: newest 2 Base, next 8 Small, the rest Tiny).
-    pub policy: TierPolicy,
+    /// `None`: the server's default, fitted to the tiers the model reads (`memory::policy::for_engine`).
+    pub policy: Option<TierPolicy>,
     /// tokenizer.json that sizes the turns (default: DeepSeek-V3 from assets/, else the model's).
     pub tokenizer: Option<PathBuf>,
     /// When Remember's pages get their tokens (the server's `--encode`).
@@ -90,6 +93,7 @@ pub struct ServiceReport {
     /// From the first request to the last answer (in-flight requests finish after `duration_s`).
     pub elapsed_s: f64,
     pub queue: usize,
+    pub model_nice: i32,
     /// The tier policy of new pages, as `--policy` takes it.
     pub policy: String,
     /// Mean text tokens of the remembered turns, and the tokenizer that counted them.
@@ -195,12 +199,15 @@ pub fn run(opts: &ServiceBenchOptions) -> Result<ServiceReport, BenchError> {
             &opts.model,
             &opts.device,
             opts.dtype,
-            EngineConfig { queue: opts.queue },
+            EngineConfig {
+                queue: opts.queue,
+                nice: opts.model_nice,
+            },
         )?;
         let store = SledStore::open(data.path().join("db"), OpenOptions::new(engine.model_id()))?;
         let cfg = MemoryConfig {
             max_new_tokens: opts.max_new_tokens,
-            policy: opts.policy.clone(),
+            policy: crate::memory::policy::for_engine(opts.policy.clone(), &engine),
             encode: opts.encode,
             max_pending: opts.max_pending,
             ..MemoryConfig::default()
@@ -270,13 +277,8 @@ pub fn run(opts: &ServiceBenchOptions) -> Result<ServiceReport, BenchError> {
         duration_s: opts.duration.as_secs_f64(),
         elapsed_s: elapsed.as_secs_f64(),
         queue: opts.queue,
-        policy: opts
-            .policy
-            .bands
-            .iter()
-            .map(|(n, t)| format!("{t}:{n},"))
-            .chain([opts.policy.rest.to_string()])
-            .collect(),
+        model_nice: opts.model_nice,
+        policy: memory.config().policy.to_string(),
         turn_text_tokens: turn_tokens as f64 / (opts.clients * TURNS_PER_CLIENT) as f64,
         tokenizer: tokenizer.name().to_owned(),
         max_new_tokens: opts.max_new_tokens,
@@ -445,7 +447,7 @@ impl ServiceReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "model `{}` on {} · {} clients · {:.0} s (ran {:.1} s) · engine queue {} · encode {} (≤ {} pending) · \
+            "model `{}` on {} · {} clients · {:.0} s (ran {:.1} s) · engine queue {} · model nice {} · encode {} (≤ {} pending) · \
              tiers {} · turns ≈ {:.0} text tokens ({}) · recall decodes ≤ {} tokens/page\n",
             self.model,
             self.device,
@@ -453,6 +455,7 @@ impl ServiceReport {
             self.duration_s,
             self.elapsed_s,
             self.queue,
+            self.model_nice,
             self.encode,
             self.max_pending,
             self.policy,

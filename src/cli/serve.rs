@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use optimem::engine::{DEFAULT_QUEUE, Engine, EngineConfig};
+use optimem::engine::{DEFAULT_NICE, DEFAULT_QUEUE, Engine, EngineConfig};
 use optimem::memory::{DEFAULT_MAX_PENDING, EncodeMode, Limits, Memory, MemoryConfig};
 use optimem::service::{AuthToken, ServerConfig};
 use optimem_store::{OnModelMismatch, OpenOptions, SledStore, StoreError};
@@ -72,6 +72,15 @@ pub struct ServeArgs {
     /// Model jobs that may wait while one runs; beyond it requests get RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = DEFAULT_QUEUE)]
     queue: usize,
+    /// Nice value (0–19) of the model's threads: above request handling's 0, so a Remember's rendering is served
+    /// first and the model takes the CPU left over; 0 gives the model equal footing.
+    #[arg(long, default_value_t = DEFAULT_NICE, value_parser = clap::value_parser!(i32).range(0..=19))]
+    model_nice: i32,
+    /// Recency rank → tier of new pages, newest first: tier:count bands, then the tier of every older page
+    /// (e.g. base:2,small:8,tiny). Default: base:2,small:8,tiny with each tier the model was not trained to read
+    /// (config.json `trained_tiers`) moved down to the sharpest one it reads.
+    #[arg(long)]
+    policy: Option<String>,
     /// Age the whole store in the background this often (e.g. 10m, 1h); 0 turns it off (clients may still call Age).
     #[arg(long, default_value = "10m", value_parser = super::parse_duration)]
     age_every: Duration,
@@ -96,8 +105,16 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         None => None,
     };
     let (device, dtype) = super::ocr::device()?;
-    let engine = Engine::load(&a.model, &device, dtype, EngineConfig { queue: a.queue })
-        .with_context(|| format!("loading the model in {}", a.model.display()))?;
+    let engine = Engine::load(
+        &a.model,
+        &device,
+        dtype,
+        EngineConfig {
+            queue: a.queue,
+            nice: a.model_nice,
+        },
+    )
+    .with_context(|| format!("loading the model in {}", a.model.display()))?;
     let opts = OpenOptions {
         on_model_mismatch: match a.on_model_change {
             OnModelChange::Reencode => OnModelMismatch::Reencode,
@@ -140,7 +157,13 @@ pub fn serve(a: ServeArgs) -> Result<()> {
                 .map_or_else(|| "another model".to_owned(), |m| format!("model {m:?}"))
         );
     }
+    let policy = a
+        .policy
+        .as_deref()
+        .map(optimem::compress::parse_policy)
+        .transpose()?;
     let cfg = MemoryConfig {
+        policy: optimem::memory::policy::for_engine(policy, &engine),
         limits: Limits {
             max_messages: a.max_messages,
             max_total_bytes: a.max_request_text_bytes,
@@ -168,9 +191,10 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("binding {}", a.addr))?;
         eprintln!(
-            "optimem: serving optimem.v1.Memory on {} (model {}, data {}{})",
+            "optimem: serving optimem.v1.Memory on {} (model {}, tiers {}, data {}{})",
             listener.local_addr()?,
             memory.engine().model_id(),
+            memory.config().policy,
             a.data.display(),
             if config.auth_token.is_some() {
                 ", bearer token required"

@@ -30,7 +30,7 @@ use backlog::Backlog;
 pub use encoder::{Encoder, ReencodeReport};
 pub use error::{ErrorCode, MemoryError};
 pub use policy::TierPolicy;
-pub use recall::{Budget, RecallItem, RecallMode, Recalled, Selector, StreamEvent};
+pub use recall::{Budget, RecallItem, RecallMode, Recalled, Selector, StreamEvent, decode_budget};
 pub use remember::{Message, PageWritten, Remembered};
 
 pub type Result<T, E = MemoryError> = std::result::Result<T, E>;

@@ -221,7 +221,7 @@ impl Memory {
                 t.to_f32(),
                 rows,
                 cols,
-                self.cfg.max_new_tokens,
+                decode_budget(&p.meta, self.cfg.max_new_tokens),
                 cancel.clone(),
                 |piece| on_event(StreamEvent::Piece(piece)),
             )?;
@@ -314,4 +314,15 @@ fn exact(p: &Page) -> Recalled {
         })
         .collect();
     Recalled::Exact { text, pieces }
+}
+
+/// Tokens an OPTICAL recall may generate for a page: what the page holds (its text tokens, counted with the model's
+/// tokenizer when it was written) with room for the drawn chat labels (a few tokens per memory on the page) and a
+/// quarter more for transcription variants, never more than `cap`. A faithful reading ends well inside it; a model that
+/// loops (repeats a phrase until the cap) is cut at the page's length instead of at the global cap.
+pub fn decode_budget(meta: &PageMeta, cap: usize) -> usize {
+    const PER_MEMORY: usize = 16;
+    const SLACK: usize = 32;
+    let held = meta.text_tokens as usize;
+    (held + held / 4 + PER_MEMORY * meta.spans.len() + SLACK).min(cap)
 }

@@ -28,6 +28,10 @@ pub struct OcrModel {
     /// fingerprint of config.json and the weight files' sizes.
     pub id: String,
     pub dir: PathBuf,
+    /// The modes these weights were trained to read, from config.json's optional top-level `trained_tiers` (ours;
+    /// the official checkpoint has none, and reads every mode): a small model trained on Tiny and Small pages sees
+    /// nothing in a Base page, and the memory layer's default tier policy keeps to what it reads.
+    pub trained_modes: Option<Vec<Mode>>,
 }
 
 impl std::fmt::Debug for OcrModel {
@@ -54,6 +58,7 @@ impl OcrModel {
             text.eos_token_id,
         )?;
         let id = model_id(dir)?;
+        let trained_modes = trained_modes(&json)?;
         Ok(Self {
             encoder,
             decoder,
@@ -62,6 +67,7 @@ impl OcrModel {
             text,
             id,
             dir: dir.to_path_buf(),
+            trained_modes,
         })
     }
 
@@ -159,4 +165,60 @@ fn model_id(dir: &Path) -> Result<String, ModelError> {
         "{}@{h:016x}",
         name.unwrap_or_else(|| "model".into())
     ))
+}
+
+/// config.json's optional `trained_tiers`: a non-empty list of mode names (`["tiny", "small"]`). Absent or null: the
+/// weights read every mode. Anything else is an error naming the field.
+pub fn trained_modes(json: &serde_json::Value) -> Result<Option<Vec<Mode>>, ModelError> {
+    let bad = |reason: String| ModelError::Config {
+        field: "trained_tiers".into(),
+        reason,
+    };
+    let list = match json.get("trained_tiers") {
+        None | Some(serde_json::Value::Null) => return Ok(None),
+        Some(serde_json::Value::Array(list)) if !list.is_empty() => list,
+        Some(other) => {
+            return Err(bad(format!(
+                "{other} is not a non-empty list of mode names"
+            )));
+        }
+    };
+    let mut modes = Vec::with_capacity(list.len());
+    for v in list {
+        let name = v
+            .as_str()
+            .ok_or_else(|| bad(format!("{v} is not a mode name")))?;
+        let mode: Mode = name.parse().map_err(|_| {
+            bad(format!(
+                "unknown mode {name:?} (tiny, small, base, large, gundam)"
+            ))
+        })?;
+        if !modes.contains(&mode) {
+            modes.push(mode);
+        }
+    }
+    Ok(Some(modes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn trained_tiers_are_optional_mode_names() {
+        assert_eq!(trained_modes(&json!({})).expect("absent"), None);
+        assert_eq!(
+            trained_modes(&json!({"trained_tiers": null})).expect("null"),
+            None
+        );
+        assert_eq!(
+            trained_modes(&json!({"trained_tiers": ["tiny", "Small", "tiny"]})).expect("list"),
+            Some(vec![Mode::Tiny, Mode::Small])
+        );
+        for bad in [json!([]), json!("tiny"), json!([1]), json!(["huge"])] {
+            let e = trained_modes(&json!({ "trained_tiers": bad })).expect_err("bad");
+            assert!(e.to_string().contains("trained_tiers"), "{e}");
+        }
+    }
 }

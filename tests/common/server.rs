@@ -40,7 +40,16 @@ pub fn engine_in(dir: &std::path::Path, name: &str, queue: usize) -> Engine {
     let model = dir.join(name);
     std::fs::create_dir(&model).expect("mkdir");
     super::fixture_model_dir(&model);
-    Engine::load(&model, &Device::Cpu, DType::F32, EngineConfig { queue }).expect("engine")
+    Engine::load(
+        &model,
+        &Device::Cpu,
+        DType::F32,
+        EngineConfig {
+            queue,
+            ..EngineConfig::default()
+        },
+    )
+    .expect("engine")
 }
 
 /// How a test's server is set up beyond the fixture.
