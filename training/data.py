@@ -39,6 +39,12 @@ ROLES = ["user", "assistant", "assistant", "tool", "system"]
 NAMES = [None, None, None, "planner", "coder", "reviewer", "shell"]
 
 
+def source_name(path: str) -> str:
+    """The source a corpus file belongs to: its name without `.txt` and without a part infix (`foo.p2-en.txt`, staged
+    in a second archive by training/gpu/stage.sh, is a part of the source `foo-en`)."""
+    return re.sub(r"\.p\d+(?=-[A-Za-z]+$)", "", os.path.basename(path)[:-4])
+
+
 class Corpus:
     """Paragraphs per source, sampled by language then by source size."""
 
@@ -48,7 +54,7 @@ class Corpus:
             with open(fp, encoding="utf-8") as f:
                 paras = [ln.rstrip("\n").replace(PARA_SEP, "\n") for ln in f if ln.strip()]
             if paras:
-                self.sources[os.path.basename(fp)[:-4]] = paras
+                self.sources.setdefault(source_name(fp), []).extend(paras)
         self.zh = [s for s in self.sources if s.endswith("-zh")]
         self.en = [s for s in self.sources if not s.endswith("-zh")]
         self.zh_share = zh_share if self.zh else 0.0

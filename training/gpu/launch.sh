@@ -14,6 +14,12 @@ mkdir -p "$S" "$W"
 if [ ! -f "$W/ready" ]; then
   (cd "$W" && tar xJf "$REPO/.gpu/corpus.tar.xz" && xz -dc "$REPO/.gpu/optimem.xz" > optimem && chmod +x optimem && touch ready)
 fi
+# further corpus parts staged for this call (stage.sh CORPUS_PART): unpacked once each, beside the first part
+for x in "$REPO"/.gpu/corpus-*.tar.xz; do
+  [ -f "$x" ] || continue
+  m="$W/.unpacked-$(basename "$x")"
+  [ -f "$m" ] || { (cd "$W" && tar xJf "$x") && touch "$m" && echo "unpacked $(basename "$x")"; }
+done
 # the code and tokenizer files are small: always this call's copy
 rm -rf "$W/training" "$W/ref"
 cp -r "$REPO/.gpu/training" "$REPO/.gpu/ref" "$REPO/.gpu/tokenizer.json" "$REPO/.gpu/aux_chars.txt" "$W"/
