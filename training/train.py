@@ -49,6 +49,8 @@ def parse_args():
     ap.add_argument("--resume-aux", default="", help="auxiliary head (.pt) when --resume is a model folder without one")
     ap.add_argument("--resume-glyph", default="",
                     help="glyph head (.pt) when --resume is a model folder (default: glyph_head.pt beside the weights)")
+    ap.add_argument("--resume-stage", default="",
+                    help="deep-supervision heads (.pt) when --resume is a model folder (default: stage_heads.pt beside it)")
     ap.add_argument("--resume-summary", default="", help="summary.json with the totals so far (pages, seconds, steps)")
     ap.add_argument("--run-id", default="run")
     ap.add_argument("--seconds", type=float, default=480, help="training time (excluding final evaluation)")
@@ -350,7 +352,9 @@ def main():
         # training-only heads exported beside the weights (bf16); one of another layout (an earlier bare-Linear
         # auxiliary head, another glyph grid or rank) is left fresh
         for head, path in ((trainer.aux_head, args.resume_aux or os.path.join(args.resume, "aux_head.pt")),
-                           (trainer.glyph_head, args.resume_glyph or os.path.join(args.resume, "glyph_head.pt"))):
+                           (trainer.glyph_head, args.resume_glyph or os.path.join(args.resume, "glyph_head.pt")),
+                           (trainer.stage_heads if len(trainer.stage_heads) else None,
+                            args.resume_stage or os.path.join(args.resume, "stage_heads.pt"))):
             if head is not None and os.path.exists(path):
                 try:
                     head.load_state_dict({k: v.float() for k, v in torch.load(path, map_location="cpu").items()})
