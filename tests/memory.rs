@@ -7,8 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use candle_core::{DType, Device};
-use optimem::engine::{Engine, EngineConfig, EngineError};
+use optimem::engine::{Engine, EngineError};
 use optimem::memory::policy::from_store;
 use optimem::memory::{
     Budget, ErrorCode, Forget, Memory, MemoryConfig, MemoryError, Message, RecallMode, Recalled,
@@ -28,19 +27,7 @@ struct Fixture {
 
 fn fixture(queue: usize, keep_source: bool) -> Fixture {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let model = tmp.path().join("model");
-    std::fs::create_dir(&model).expect("mkdir");
-    common::fixture_model_dir(&model);
-    let engine = Engine::load(
-        &model,
-        &Device::Cpu,
-        DType::F32,
-        EngineConfig {
-            queue,
-            ..EngineConfig::default()
-        },
-    )
-    .expect("engine");
+    let engine = common::server::engine_in(tmp.path(), "model", queue);
     let mut opts = OpenOptions::new(engine.model_id());
     opts.keep_source = keep_source;
     let store = SledStore::open(tmp.path().join("db"), opts).expect("store");
