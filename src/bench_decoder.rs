@@ -58,6 +58,9 @@ pub struct DecoderBenchOptions {
     pub seed: u64,
     /// The model directory the weights come from; None: random weights at `config`.
     pub model: Option<PathBuf>,
+    /// Also time the same decode at this batch (B copies of the prompt stepping together, as the engine batches queued
+    /// decodes), beside batch 1 in the same run; 0 or 1: batch 1 only.
+    pub batch: usize,
 }
 
 impl DecoderBenchOptions {
@@ -73,6 +76,7 @@ impl DecoderBenchOptions {
             dispatch: Dispatch::Auto,
             seed: 0,
             model: None,
+            batch: 0,
         })
     }
 
@@ -98,6 +102,8 @@ pub struct DecoderBenchReport {
     pub prefill_s: f64,
     pub decode_tokens: usize,
     pub decode_s: f64,
+    /// The batched decode beside it: batch size and seconds for `decode_tokens` steps (None: not run).
+    pub batch_decode: Option<(usize, f64)>,
     pub kv_bytes_per_1000_tokens: usize,
     pub dtype: DType,
     /// `cpu` or `cuda:N`.
@@ -135,6 +141,9 @@ impl DecoderBenchReport {
             "decode_tokens": self.decode_tokens,
             "decode_s": self.decode_s,
             "decode_tokens_per_s": self.decode_tokens_per_s(),
+            "batch": self.batch_decode.map(|(b, _)| b),
+            "batch_decode_s": self.batch_decode.map(|(_, s)| s),
+            "batch_decode_tokens_per_s": self.batch_decode.map(|(b, s)| (b * self.decode_tokens) as f64 / s),
             "kv_bytes_per_1000_tokens": self.kv_bytes_per_1000_tokens,
             "peak_rss_bytes": self.peak_rss_bytes,
         })
@@ -176,6 +185,15 @@ impl fmt::Display for DecoderBenchReport {
             self.decode_tokens_per_s(),
             1e3 * self.decode_s / self.decode_tokens.max(1) as f64
         )?;
+        if let Some((b, s)) = self.batch_decode {
+            writeln!(
+                f,
+                "  decode:  {} steps at batch {b} in {s:.3} s ({:.1} tokens/s, {:.2}× batch 1's tokens/s)",
+                self.decode_tokens,
+                (b * self.decode_tokens) as f64 / s,
+                (b * self.decode_tokens) as f64 / s / self.decode_tokens_per_s()
+            )?;
+        }
         write!(
             f,
             "  KV cache: {} bytes per 1,000 positions ({:.1} MB)",
@@ -341,6 +359,31 @@ pub fn run(opts: &DecoderBenchOptions) -> Result<DecoderBenchRun, ModelError> {
         }
         decode_s = t1.elapsed().as_secs_f64();
     }
+    // The same steps at batch B: B copies of the prompt through one cache, each step feeding B tokens.
+    let batch_decode = if opts.batch > 1 {
+        let b = opts.batch;
+        let prompts = Tensor::cat(&vec![prompt.clone(); b], 0)?;
+        let mut cache = model.new_cache(b, capacity)?;
+        let mut best = f64::INFINITY;
+        for _ in 0..opts.warmup + 1 {
+            cache.reset();
+            let logits = model.forward_embeds_last(&prompts, &mut cache)?;
+            let mut next = logits.argmax(1)?.to_vec1::<u32>()?;
+            dev.synchronize()?;
+            let t0 = Instant::now();
+            for _ in 0..opts.decode_tokens {
+                let x = model.embed_ids(&next)?.unsqueeze(1)?;
+                next = model
+                    .forward_embeds_last(&x, &mut cache)?
+                    .argmax(1)?
+                    .to_vec1::<u32>()?;
+            }
+            best = best.min(t0.elapsed().as_secs_f64());
+        }
+        Some((b, best))
+    } else {
+        None
+    };
     let (hidden, logits_last) = outputs.ok_or_else(|| ModelError::Input {
         reason: "no prefill ran".into(),
     })?;
@@ -353,6 +396,7 @@ pub fn run(opts: &DecoderBenchOptions) -> Result<DecoderBenchRun, ModelError> {
         prefill_s,
         decode_tokens: opts.decode_tokens,
         decode_s,
+        batch_decode,
         kv_bytes_per_1000_tokens: cache.bytes_per_position() * 1000,
         dtype: opts.dtype,
         device: device_name(dev),

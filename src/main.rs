@@ -166,6 +166,9 @@ enum BenchCommand {
         prompt_tokens: usize,
         #[arg(long, default_value_t = 64)]
         decode_tokens: usize,
+        /// Also time the decode at this batch size beside batch 1 (the engine batches queued decodes of one page size).
+        #[arg(long, default_value_t = 0)]
+        batch: usize,
         /// Untimed prefill + decode runs before timing.
         #[arg(long, default_value_t = 1)]
         warmup: usize,
@@ -276,6 +279,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Decoder {
             prompt_tokens,
             decode_tokens,
+            batch,
             warmup,
             model,
             seed,
@@ -294,6 +298,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             opts.prompt_tokens = prompt_tokens;
             opts.decode_tokens = decode_tokens;
+            opts.batch = batch;
             opts.warmup = warmup;
             opts.seed = seed;
             let run = optimem::bench_decoder::run(&opts).with_context(|| match &model {

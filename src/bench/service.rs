@@ -128,6 +128,9 @@ pub struct EngineSummary {
     pub encode_ms_per_page: f64,
     pub decodes: u64,
     pub decodes_cancelled: u64,
+    /// Batched generations, and the decodes that ran in them.
+    pub decode_batches: u64,
+    pub batched_decodes: u64,
     pub tokens_generated: u64,
     pub decode_ms_per_token: f64,
     /// Share of the run's wall time the worker spent encoding and decoding.
@@ -148,6 +151,8 @@ impl EngineSummary {
             encode_ms_per_page: per(s.encode_time, s.encodes),
             decodes: s.decodes_started,
             decodes_cancelled: s.decodes_cancelled,
+            decode_batches: s.decode_batches,
+            batched_decodes: s.batched_decodes,
             tokens_generated: s.tokens_generated,
             decode_ms_per_token: per(s.decode_time, s.tokens_generated),
             busy_share: busy.as_secs_f64() / elapsed.as_secs_f64().max(1e-9),
@@ -520,7 +525,7 @@ impl ServiceReport {
         let _ = writeln!(
             s,
             "\nEngine until the clients stopped: {} jobs, busy {:.0}% of the run; queue wait mean {:.0} ms, max {:.0} ms; {} refused (queue \
-             full). Encode {:.0} ms/page over {} pages. Decode {} pages ({} cancelled), {} tokens, {:.1} ms/token. \
+             full). Encode {:.0} ms/page over {} pages. Decode {} pages ({} cancelled; {} in {} batches), {} tokens, {:.1} ms/token. \
              Pages stored by tier (tiny/small/base/large/gundam): {:?}. Backlog at the end: {} pages waiting for \
              tokens, drained in {:.1} s ({} encodes, {:.0} ms/page, busy {:.0}% of the drain).",
             e.jobs,
@@ -532,6 +537,8 @@ impl ServiceReport {
             e.encodes,
             e.decodes,
             e.decodes_cancelled,
+            e.batched_decodes,
+            e.decode_batches,
             e.tokens_generated,
             e.decode_ms_per_token,
             self.pages_per_tier,

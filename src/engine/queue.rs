@@ -160,6 +160,25 @@ impl<T> JobQueue<T> {
         }
     }
 
+    /// Up to `max` more jobs of `lane` that `fits` accepts, taken from wherever they wait in it (the others keep their
+    /// order): the jobs the worker runs together with the one it has just popped (decodes of one batch). The lane
+    /// counters of `pop` are left as they are: these jobs ride on the turn their lane just had.
+    pub fn take_matching(&self, lane: Lane, max: usize, fits: impl Fn(&T) -> bool) -> Vec<T> {
+        let mut s = self.lock();
+        let queue = &mut s.lanes[lane.index()];
+        let mut taken = Vec::new();
+        let mut kept = VecDeque::with_capacity(queue.len());
+        while let Some(item) = queue.pop_front() {
+            if taken.len() < max && fits(&item) {
+                taken.push(item);
+            } else {
+                kept.push_back(item);
+            }
+        }
+        *queue = kept;
+        taken
+    }
+
     /// No more pushes; `pop` drains what waits, then answers `None`.
     pub fn close(&self) {
         self.lock().closed = true;

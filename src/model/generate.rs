@@ -88,13 +88,32 @@ pub fn generate(
     opts: &GenerateOptions,
     mut on_token: impl FnMut(u32) -> Control,
 ) -> Result<Generation, ModelError> {
-    let _span = tracing::debug_span!("decode").entered();
-    let (b, t, _) = prompt_embeds.dims3()?;
+    let b = prompt_embeds.dim(0)?;
     if b != 1 {
         return Err(ModelError::Input {
             reason: format!("generate takes one sequence, got a batch of {b}"),
         });
     }
+    let mut out = generate_batch(
+        model,
+        prompt_embeds,
+        prompt_ids,
+        std::slice::from_ref(opts),
+        |_, id| on_token(id),
+    )?;
+    out.pop().ok_or_else(|| ModelError::Input {
+        reason: "generation returned no sequence".into(),
+    })
+}
+
+/// How many new tokens a row may generate, and why it stops when it has: checks `opts` against the
+/// model and a prompt of `t` positions.
+fn row_budget(
+    model: &DeepseekOcrDecoder,
+    t: usize,
+    prompt_ids: &[u32],
+    opts: &GenerateOptions,
+) -> Result<(usize, StopReason), ModelError> {
     if let Some(rule) = &opts.no_repeat {
         rule.validate()?;
         if matches!(rule, NoRepeatNgram::WholeSequence { .. }) && prompt_ids.len() != t {
@@ -122,57 +141,103 @@ pub fn generate(
         });
     }
     let room = opts.max_context - t;
-    let budget = opts.max_new_tokens.min(room);
     let limit_stop = if opts.max_new_tokens <= room {
         StopReason::MaxNewTokens
     } else {
         StopReason::ContextFull
     };
-    if budget == 0 {
-        return Ok(Generation {
-            tokens: Vec::new(),
-            stop: limit_stop,
+    Ok((opts.max_new_tokens.min(room), limit_stop))
+}
+
+/// Generates a batch of sequences that share their prompt length: `prompt_embeds` is `[B, T, hidden]`
+/// (one row per sequence: the same prompt ids, each with its own image embeddings spliced in), `opts`
+/// one per row (each its own cap, stop id, sampling and n-gram rule). The rows advance together, one
+/// position per step, through one [`KvCache`] of batch B: at batch 1 a decode step reads every
+/// weight for one token, at batch B for B tokens, which is why batching pays on a CPU whose decode is
+/// bound by memory bandwidth. A row that has stopped is fed its stop id (its outputs are ignored)
+/// until every row has stopped. `on_token(row, id)` sees each id as it is chosen and may stop that
+/// row. Row `i` of the answer is exactly what [`generate`] gives for row `i` alone, up to the
+/// floating-point summation order of the batched matrix products.
+pub fn generate_batch(
+    model: &DeepseekOcrDecoder,
+    prompt_embeds: &Tensor,
+    prompt_ids: &[u32],
+    opts: &[GenerateOptions],
+    mut on_token: impl FnMut(usize, u32) -> Control,
+) -> Result<Vec<Generation>, ModelError> {
+    let _span = tracing::debug_span!("decode", batch = opts.len()).entered();
+    let (b, t, _) = prompt_embeds.dims3()?;
+    if b != opts.len() || b == 0 {
+        return Err(ModelError::Input {
+            reason: format!("a batch of {b} prompts with {} option sets", opts.len()),
         });
     }
-    // The last chosen token is never fed back, so T + budget - 1 positions suffice.
-    let mut cache: KvCache = model.new_cache(1, t + budget - 1)?;
-    let mut rng = SplitMix64(match opts.sampling {
-        Sampling::TopP { seed, .. } => seed,
-        Sampling::Greedy => 0,
-    });
-
-    let mut logits = model
-        .forward_embeds_last(prompt_embeds, &mut cache)?
-        .squeeze(0)?;
-    let mut tokens = Vec::new();
-    loop {
-        let banned = match &opts.no_repeat {
-            Some(rule) => rule.banned(prompt_ids, &tokens),
-            None => Vec::new(),
-        };
-        let next = choose(&logits, &banned, &opts.sampling, &mut rng)?;
-        if opts.eos_token_id == Some(next) {
-            return Ok(Generation {
-                tokens,
-                stop: StopReason::Eos,
-            });
-        }
-        tokens.push(next);
-        if on_token(next) == Control::Stop {
-            return Ok(Generation {
-                tokens,
-                stop: StopReason::Stopped,
-            });
-        }
-        if tokens.len() == budget {
-            return Ok(Generation {
-                tokens,
-                stop: limit_stop,
-            });
-        }
-        let embeds = model.embed_ids(&[next])?.unsqueeze(0)?;
-        logits = model.forward_embeds_last(&embeds, &mut cache)?.squeeze(0)?;
+    let mut budgets = Vec::with_capacity(b);
+    for o in opts {
+        budgets.push(row_budget(model, t, prompt_ids, o)?);
     }
+    let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); b];
+    // A row's stop reason once it has stopped.
+    let mut stopped: Vec<Option<StopReason>> = budgets
+        .iter()
+        .map(|&(budget, limit)| (budget == 0).then_some(limit))
+        .collect();
+    let longest = budgets.iter().map(|r| r.0).max().unwrap_or(0);
+    if longest > 0 {
+        // The last chosen token is never fed back, so T + longest - 1 positions suffice.
+        let mut cache: KvCache = model.new_cache(b, t + longest - 1)?;
+        let mut rngs: Vec<SplitMix64> = opts
+            .iter()
+            .map(|o| {
+                SplitMix64(match o.sampling {
+                    Sampling::TopP { seed, .. } => seed,
+                    Sampling::Greedy => 0,
+                })
+            })
+            .collect();
+        let mut logits = model.forward_embeds_last(prompt_embeds, &mut cache)?;
+        loop {
+            let mut feed = Vec::with_capacity(b);
+            for i in 0..b {
+                let pad = opts[i].eos_token_id.unwrap_or(0);
+                if stopped[i].is_some() {
+                    feed.push(pad);
+                    continue;
+                }
+                let banned = match &opts[i].no_repeat {
+                    Some(rule) => rule.banned(prompt_ids, &tokens[i]),
+                    None => Vec::new(),
+                };
+                let next = choose(&logits.get(i)?, &banned, &opts[i].sampling, &mut rngs[i])?;
+                if opts[i].eos_token_id == Some(next) {
+                    stopped[i] = Some(StopReason::Eos);
+                    feed.push(pad);
+                    continue;
+                }
+                tokens[i].push(next);
+                if on_token(i, next) == Control::Stop {
+                    stopped[i] = Some(StopReason::Stopped);
+                } else if tokens[i].len() == budgets[i].0 {
+                    stopped[i] = Some(budgets[i].1);
+                }
+                feed.push(next);
+            }
+            if stopped.iter().all(Option::is_some) {
+                break;
+            }
+            let embeds = model.embed_ids(&feed)?.unsqueeze(1)?;
+            logits = model.forward_embeds_last(&embeds, &mut cache)?;
+        }
+    }
+    Ok(tokens
+        .into_iter()
+        .zip(stopped)
+        .map(|(tokens, stop)| Generation {
+            tokens,
+            // Every row has stopped when the loop ends.
+            stop: stop.unwrap_or(StopReason::MaxNewTokens),
+        })
+        .collect())
 }
 
 /// [`generate`] with incremental detokenisation: `on_text` receives each new piece of text as soon
@@ -186,28 +251,67 @@ pub fn generate_text(
     opts: &GenerateOptions,
     mut on_text: impl FnMut(&str) -> Control,
 ) -> Result<(String, Generation), ModelError> {
-    let mut detok: Detokenizer<'_> = tokenizer.detokenizer();
-    let mut text = String::new();
+    let b = prompt_embeds.dim(0)?;
+    if b != 1 {
+        return Err(ModelError::Input {
+            reason: format!("generate_text takes one sequence, got a batch of {b}"),
+        });
+    }
+    let mut out = generate_text_batch(
+        model,
+        tokenizer,
+        prompt_embeds,
+        prompt_ids,
+        std::slice::from_ref(opts),
+        |_, piece| on_text(piece),
+    )?;
+    out.pop().ok_or_else(|| ModelError::Input {
+        reason: "generation returned no sequence".into(),
+    })
+}
+
+/// [`generate_batch`] with incremental detokenisation per row: `on_text(row, piece)` as in
+/// [`generate_text`]. A row whose ids do not detokenise stops, and the batch answers its error.
+pub fn generate_text_batch(
+    model: &DeepseekOcrDecoder,
+    tokenizer: &OcrTokenizer,
+    prompt_embeds: &Tensor,
+    prompt_ids: &[u32],
+    opts: &[GenerateOptions],
+    mut on_text: impl FnMut(usize, &str) -> Control,
+) -> Result<Vec<(String, Generation)>, ModelError> {
+    let mut detoks: Vec<Detokenizer<'_>> = opts.iter().map(|_| tokenizer.detokenizer()).collect();
+    let mut texts = vec![String::new(); opts.len()];
     let mut failure = None;
-    let generation = generate(model, prompt_embeds, prompt_ids, opts, |id| {
-        match detok.push(id) {
+    let generations = generate_batch(
+        model,
+        prompt_embeds,
+        prompt_ids,
+        opts,
+        |i, id| match detoks[i].push(id) {
             Ok(Some(piece)) => {
-                text.push_str(&piece);
-                on_text(&piece)
+                texts[i].push_str(&piece);
+                on_text(i, &piece)
             }
             Ok(None) => Control::Continue,
             Err(e) => {
                 failure = Some(e);
                 Control::Stop
             }
-        }
-    })?;
+        },
+    )?;
     if let Some(e) = failure {
         return Err(e);
     }
-    if let Some(rest) = detok.finish()? {
-        text.push_str(&rest);
-        on_text(&rest);
+    let mut out = Vec::with_capacity(generations.len());
+    for (i, ((mut text, generation), mut detok)) in
+        texts.into_iter().zip(generations).zip(detoks).enumerate()
+    {
+        if let Some(rest) = detok.finish()? {
+            text.push_str(&rest);
+            on_text(i, &rest);
+        }
+        out.push((text, generation));
     }
-    Ok((text, generation))
+    Ok(out)
 }

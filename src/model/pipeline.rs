@@ -10,7 +10,9 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::model::config::{load_safetensors_mmap, read_config_json};
 use crate::model::decoder::{DeepseekOcrDecoder, TextConfig};
-use crate::model::generate::{Control, GenerateOptions, Generation, generate_text};
+use crate::model::generate::{
+    Control, GenerateOptions, Generation, generate_text, generate_text_batch,
+};
 use crate::model::tokenizer::OcrTokenizer;
 use crate::model::{DeepEncoder, Image8, Mode, ModelError, VisionConfig, preprocess};
 
@@ -92,6 +94,47 @@ impl OcrModel {
             .decoder
             .prompt_embeds(&p.ids, &p.image_mask, Some(image_embeds))?;
         generate_text(
+            &self.decoder,
+            &self.tokenizer,
+            &embeds,
+            &p.ids,
+            opts,
+            on_text,
+        )
+    }
+
+    /// [`Self::decode`] of several images at once, one sequence each (`opts[i]` for `image_embeds[i]`), through one
+    /// batched generation ([`generate_text_batch`]). Every image must have the same number of vision-token rows (the
+    /// same mode), so that the prompts have one length. `on_text(i, piece)` streams sequence `i`.
+    pub fn decode_batch(
+        &self,
+        image_embeds: &[Tensor],
+        prompt: &str,
+        opts: &[GenerateOptions],
+        on_text: impl FnMut(usize, &str) -> Control,
+    ) -> Result<Vec<(String, Generation)>, ModelError> {
+        let Some(first) = image_embeds.first() else {
+            return Ok(Vec::new());
+        };
+        let n = first.dim(0)?;
+        let p = self.tokenizer.encode_prompt(prompt, &[n])?;
+        let mut rows = Vec::with_capacity(image_embeds.len());
+        for img in image_embeds {
+            if img.dim(0)? != n {
+                return Err(ModelError::Input {
+                    reason: format!(
+                        "a batch decode needs images of one size: {} vision-token rows after {n}",
+                        img.dim(0)?
+                    ),
+                });
+            }
+            rows.push(
+                self.decoder
+                    .prompt_embeds(&p.ids, &p.image_mask, Some(img))?,
+            );
+        }
+        let embeds = Tensor::cat(&rows, 0)?;
+        generate_text_batch(
             &self.decoder,
             &self.tokenizer,
             &embeds,
