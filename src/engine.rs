@@ -324,7 +324,7 @@ impl Engine {
                                             run(&model, job, &worker_stats);
                                         }
                                     } else {
-                                        run_decode_batch(&model, jobs, &worker_stats);
+                                        run_decodes(&model, jobs, &worker_stats);
                                     }
                                 })
                             });
@@ -549,32 +549,7 @@ fn run(model: &OcrModel, job: Job, stats: &Mutex<EngineStats>) {
                 cancelled: true,
             })));
         }
-        Job::Decode {
-            values,
-            rows,
-            cols,
-            max_new_tokens,
-            cancel,
-            reply,
-        } => {
-            update(stats, |s| s.decodes_started += 1);
-            let result = {
-                let _span = tracing::info_span!("engine.decode", rows).entered();
-                decode(model, values, rows, cols, max_new_tokens, &cancel, &reply)
-            };
-            update(stats, |s| {
-                s.decode_time += t0.elapsed();
-                if let Ok(d) = &result {
-                    s.tokens_generated += d.tokens as u64;
-                    if d.cancelled {
-                        s.decodes_cancelled += 1;
-                    } else {
-                        s.decodes_finished += 1;
-                    }
-                }
-            });
-            let _ = reply.send(DecodeMsg::Done(result));
-        }
+        job @ Job::Decode { .. } => run_decodes(model, vec![job], stats),
         Job::Pause { started, resume } => {
             let _ = started.send(());
             // Returns when the guard's sender is dropped.
@@ -583,9 +558,9 @@ fn run(model: &OcrModel, job: Job, stats: &Mutex<EngineStats>) {
     }
 }
 
-/// Decodes of one shape (`Job::batch_key`) as one batched generation: each caller is streamed its own text and gets its
-/// own answer, as from `run`. Anything but a decode is run alone.
-fn run_decode_batch(model: &OcrModel, jobs: Vec<Job>, stats: &Mutex<EngineStats>) {
+/// Decodes of one shape (`Job::batch_key`), one or several, as one generation: each caller is streamed its own text and
+/// gets its own answer. Anything but a decode is run alone.
+fn run_decodes(model: &OcrModel, jobs: Vec<Job>, stats: &Mutex<EngineStats>) {
     let t0 = Instant::now();
     let mut embeds = Vec::with_capacity(jobs.len());
     let mut opts = Vec::with_capacity(jobs.len());
@@ -616,8 +591,10 @@ fn run_decode_batch(model: &OcrModel, jobs: Vec<Job>, stats: &Mutex<EngineStats>
     let n = callers.len() as u64;
     update(stats, |s| {
         s.decodes_started += n;
-        s.decode_batches += 1;
-        s.batched_decodes += n;
+        if n > 1 {
+            s.decode_batches += 1;
+            s.batched_decodes += n;
+        }
     });
     let result = match failed {
         Some(reason) => Err(ModelError::Input { reason }),
@@ -655,6 +632,11 @@ fn run_decode_batch(model: &OcrModel, jobs: Vec<Job>, stats: &Mutex<EngineStats>
                 })));
             }
         }
+        Err(e) if callers.len() == 1 => {
+            let _ = callers[0]
+                .1
+                .send(DecodeMsg::Done(Err(EngineError::Model(e))));
+        }
         // The batch failed as a whole (a model error is not specific to one page): every caller gets its reason.
         Err(e) => {
             for (_, reply) in &callers {
@@ -682,35 +664,6 @@ fn encode(model: &OcrModel, image: &Image8, tier: Tier) -> Result<Encoded, Engin
         rows,
         cols,
         vision_tokens: tier.vision_tokens(),
-    })
-}
-
-fn decode(
-    model: &OcrModel,
-    values: Vec<f32>,
-    rows: usize,
-    cols: usize,
-    max_new_tokens: usize,
-    cancel: &AtomicBool,
-    reply: &mpsc::Sender<DecodeMsg>,
-) -> Result<Decoded, EngineError> {
-    let embeds = Tensor::from_vec(values, (rows, cols), model.decoder.device())
-        .and_then(|t| t.to_dtype(model.decoder.dtype()))
-        .map_err(ModelError::from)?;
-    let opts = model.ocr_options(max_new_tokens);
-    let (text, generation) =
-        model.decode(&embeds, crate::model::FREE_OCR_PROMPT, &opts, |piece| {
-            let _ = reply.send(DecodeMsg::Piece(piece.to_owned()));
-            if cancel.load(Ordering::Relaxed) {
-                Control::Stop
-            } else {
-                Control::Continue
-            }
-        })?;
-    Ok(Decoded {
-        text,
-        tokens: generation.tokens.len(),
-        cancelled: generation.stop == StopReason::Stopped,
     })
 }
 

@@ -10,9 +10,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::model::config::{load_safetensors_mmap, read_config_json};
 use crate::model::decoder::{DeepseekOcrDecoder, TextConfig};
-use crate::model::generate::{
-    Control, GenerateOptions, Generation, generate_text, generate_text_batch,
-};
+use crate::model::generate::{Control, GenerateOptions, Generation, generate_text_batch};
 use crate::model::tokenizer::OcrTokenizer;
 use crate::model::{DeepEncoder, Image8, Mode, ModelError, VisionConfig, preprocess};
 
@@ -86,21 +84,17 @@ impl OcrModel {
         image_embeds: &Tensor,
         prompt: &str,
         opts: &GenerateOptions,
-        on_text: impl FnMut(&str) -> Control,
+        mut on_text: impl FnMut(&str) -> Control,
     ) -> Result<(String, Generation), ModelError> {
-        let n = image_embeds.dim(0)?;
-        let p = self.tokenizer.encode_prompt(prompt, &[n])?;
-        let embeds = self
-            .decoder
-            .prompt_embeds(&p.ids, &p.image_mask, Some(image_embeds))?;
-        generate_text(
-            &self.decoder,
-            &self.tokenizer,
-            &embeds,
-            &p.ids,
-            opts,
-            on_text,
-        )
+        let mut out = self.decode_batch(
+            std::slice::from_ref(image_embeds),
+            prompt,
+            std::slice::from_ref(opts),
+            |_, piece| on_text(piece),
+        )?;
+        out.pop().ok_or_else(|| ModelError::Input {
+            reason: "decoding returned no sequence".into(),
+        })
     }
 
     /// [`Self::decode`] of several images at once, one sequence each (`opts[i]` for `image_embeds[i]`), through one

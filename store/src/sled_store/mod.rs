@@ -122,6 +122,28 @@ type AllTrees<'a> = (
 
 const MODEL_ID_MAX_BYTES: usize = 1024;
 
+/// How long `open` waits for the store's file lock to be released (see `open_when_unlocked`).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Opens `config`'s database, waiting up to `LOCK_WAIT` while its file lock is held. A `sled::Db` dropped in this
+/// process releases the lock only when its background flusher thread has seen the drop, a few milliseconds later, so
+/// a store reopened at once (a server restarted in process, a test) could find its own old lock; a lock held by
+/// another process still fails, after the wait. sled 0.34 reports the lock as an I/O error with this message only.
+fn open_when_unlocked(config: &sled::Config) -> std::result::Result<sled::Db, sled::Error> {
+    let start = std::time::Instant::now();
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && start.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl SledStore {
     /// Opens (or creates) the store at `path`. Fails with `SchemaMismatch` on a store of
     /// another schema, with `ModelMismatch` on another model's store under
@@ -136,11 +158,11 @@ impl SledStore {
             Durability::Flush => 500,
             Durability::Background { every_ms } => every_ms.max(1),
         };
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path.as_ref())
             .cache_capacity(opts.cache_capacity_bytes)
-            .flush_every_ms(Some(every_ms))
-            .open()?;
+            .flush_every_ms(Some(every_ms));
+        let db = open_when_unlocked(&config)?;
         let meta = db.open_tree("meta")?;
         let pages = db.open_tree("pages")?;
         let (previous_model_id, migrated_from) = check_meta(&meta, &pages, &opts)?;
