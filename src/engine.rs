@@ -299,15 +299,15 @@ impl Engine {
                     tracing::dispatcher::with_default(&dispatch, || {
                         while let Some(first) = worker_jobs.pop() {
                             // Decodes of pages of the same size that wait behind this one run with it.
-                            let mut batch = vec![first];
-                            if let Some(key) = batch[0].job.batch_key() {
-                                batch.extend(worker_jobs.take_matching(
+                            let more = match first.job.batch_key() {
+                                Some(key) => worker_jobs.take_matching(
                                     Lane::Decode,
                                     MAX_DECODE_BATCH - 1,
                                     |q| q.job.batch_key() == Some(key),
-                                ));
-                            }
-                            for q in &batch {
+                                ),
+                                None => Vec::new(),
+                            };
+                            for q in std::iter::once(&first).chain(&more) {
                                 let wait = q.at.elapsed();
                                 update(&worker_stats, |s| {
                                     s.jobs += 1;
@@ -315,16 +315,15 @@ impl Engine {
                                     s.max_queue_wait = s.max_queue_wait.max(wait);
                                 });
                             }
-                            let mut jobs: Vec<Job> = batch.into_iter().map(|q| q.job).collect();
                             // The pool's threads report to the same subscriber as the worker.
                             threads.run(|| {
                                 tracing::dispatcher::with_default(&dispatch, || {
-                                    if jobs.len() == 1 {
-                                        if let Some(job) = jobs.pop() {
-                                            run(&model, job, &worker_stats);
-                                        }
+                                    if more.is_empty() {
+                                        run(&model, first.job, &worker_stats);
                                     } else {
-                                        run_decodes(&model, jobs, &worker_stats);
+                                        let jobs =
+                                            std::iter::once(first).chain(more).map(|q| q.job);
+                                        run_decodes(&model, jobs.collect(), &worker_stats);
                                     }
                                 })
                             });

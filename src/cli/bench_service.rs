@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 use optimem::bench::service::{ServiceBenchOptions, run as run_bench};
-use optimem::engine::{DEFAULT_NICE, DEFAULT_QUEUE};
+use optimem::engine::DEFAULT_QUEUE;
 use optimem::memory::DEFAULT_MAX_PENDING;
 
-use super::serve::Encode;
+use super::serve::{Encode, ModelTuning};
 
 #[derive(clap::Args)]
 pub struct ServiceArgs {
@@ -24,9 +24,8 @@ pub struct ServiceArgs {
     /// The engine's queue, as `serve --queue`.
     #[arg(long, default_value_t = DEFAULT_QUEUE)]
     queue: usize,
-    /// Nice value of the model's threads, as `serve --model-nice`.
-    #[arg(long, default_value_t = DEFAULT_NICE, value_parser = clap::value_parser!(i32).range(0..=19))]
-    model_nice: i32,
+    #[command(flatten)]
+    tuning: ModelTuning,
     /// Text tokens per remembered chat turn, about.
     #[arg(long, default_value_t = 1000)]
     turn_tokens: usize,
@@ -36,11 +35,6 @@ pub struct ServiceArgs {
     /// Wait after RESOURCE_EXHAUSTED before a client's next call.
     #[arg(long, default_value = "100ms", value_parser = super::parse_duration)]
     backoff: Duration,
-    /// Recency rank → tier of new pages, newest first: tier:count bands, then the tier of every older page
-    /// (e.g. base:2,small:8,tiny). Default: base:2,small:8,tiny with each tier the model was not trained to read
-    /// (config.json `trained_tiers`) moved down to the sharpest one it reads.
-    #[arg(long)]
-    policy: Option<String>,
     /// tokenizer.json that sizes the turns (default: the DeepSeek-V3 one in assets/, else the model's).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
@@ -56,11 +50,7 @@ pub struct ServiceArgs {
 }
 
 pub fn run(a: ServiceArgs) -> Result<()> {
-    let policy = a
-        .policy
-        .as_deref()
-        .map(optimem::compress::parse_policy)
-        .transpose()?;
+    let policy = a.tuning.policy()?;
     let (device, dtype) = super::ocr::device()?;
     eprintln!(
         "bench service: {} clients for {:?} against an in-process server ({})",
@@ -75,7 +65,7 @@ pub fn run(a: ServiceArgs) -> Result<()> {
         clients: a.clients,
         duration: a.duration,
         queue: a.queue,
-        model_nice: a.model_nice,
+        model_nice: a.tuning.model_nice,
         turn_tokens: a.turn_tokens,
         max_new_tokens: a.max_new_tokens,
         backoff: a.backoff,

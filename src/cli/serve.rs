@@ -10,9 +10,34 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use optimem::engine::{DEFAULT_NICE, DEFAULT_QUEUE, Engine, EngineConfig};
-use optimem::memory::{DEFAULT_MAX_PENDING, EncodeMode, Limits, Memory, MemoryConfig};
+use optimem::memory::{DEFAULT_MAX_PENDING, EncodeMode, Limits, Memory, MemoryConfig, TierPolicy};
 use optimem::service::{AuthToken, ServerConfig};
 use optimem_store::{OnModelMismatch, OpenOptions, SledStore, StoreError};
+
+/// How the model shares the CPU and which tiers new pages are stored at: the flags `serve` and `bench service` share.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ModelTuning {
+    /// Nice value (0–19) of the model's threads: above request handling's 0, so a Remember's rendering is served
+    /// first and the model takes the CPU left over; 0 gives the model equal footing.
+    #[arg(long, default_value_t = DEFAULT_NICE, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub model_nice: i32,
+    /// Recency rank → tier of new pages, newest first: tier:count bands, then the tier of every older page
+    /// (e.g. base:2,small:8,tiny). Default: base:2,small:8,tiny with each tier the model was not trained to read
+    /// (config.json `trained_tiers`) moved down to the sharpest one it reads.
+    #[arg(long)]
+    pub policy: Option<String>,
+}
+
+impl ModelTuning {
+    /// `--policy` parsed; `None` when it was not given (the server then fits its default to the model).
+    pub fn policy(&self) -> Result<Option<TierPolicy>> {
+        Ok(self
+            .policy
+            .as_deref()
+            .map(optimem::compress::parse_policy)
+            .transpose()?)
+    }
+}
 
 /// What to do with a store whose pages another model encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -72,15 +97,8 @@ pub struct ServeArgs {
     /// Model jobs that may wait while one runs; beyond it requests get RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = DEFAULT_QUEUE)]
     queue: usize,
-    /// Nice value (0–19) of the model's threads: above request handling's 0, so a Remember's rendering is served
-    /// first and the model takes the CPU left over; 0 gives the model equal footing.
-    #[arg(long, default_value_t = DEFAULT_NICE, value_parser = clap::value_parser!(i32).range(0..=19))]
-    model_nice: i32,
-    /// Recency rank → tier of new pages, newest first: tier:count bands, then the tier of every older page
-    /// (e.g. base:2,small:8,tiny). Default: base:2,small:8,tiny with each tier the model was not trained to read
-    /// (config.json `trained_tiers`) moved down to the sharpest one it reads.
-    #[arg(long)]
-    policy: Option<String>,
+    #[command(flatten)]
+    tuning: ModelTuning,
     /// Age the whole store in the background this often (e.g. 10m, 1h); 0 turns it off (clients may still call Age).
     #[arg(long, default_value = "10m", value_parser = super::parse_duration)]
     age_every: Duration,
@@ -111,7 +129,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         dtype,
         EngineConfig {
             queue: a.queue,
-            nice: a.model_nice,
+            nice: a.tuning.model_nice,
         },
     )
     .with_context(|| format!("loading the model in {}", a.model.display()))?;
@@ -157,11 +175,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
                 .map_or_else(|| "another model".to_owned(), |m| format!("model {m:?}"))
         );
     }
-    let policy = a
-        .policy
-        .as_deref()
-        .map(optimem::compress::parse_policy)
-        .transpose()?;
+    let policy = a.tuning.policy()?;
     let cfg = MemoryConfig {
         policy: optimem::memory::policy::for_engine(policy, &engine),
         limits: Limits {

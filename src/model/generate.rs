@@ -88,12 +88,7 @@ pub fn generate(
     opts: &GenerateOptions,
     mut on_token: impl FnMut(u32) -> Control,
 ) -> Result<Generation, ModelError> {
-    let b = prompt_embeds.dim(0)?;
-    if b != 1 {
-        return Err(ModelError::Input {
-            reason: format!("generate takes one sequence, got a batch of {b}"),
-        });
-    }
+    // One option set: `generate_batch` refuses a prompt batch of any other size than 1.
     let mut out = generate_batch(
         model,
         prompt_embeds,
@@ -251,12 +246,7 @@ pub fn generate_text(
     opts: &GenerateOptions,
     mut on_text: impl FnMut(&str) -> Control,
 ) -> Result<(String, Generation), ModelError> {
-    let b = prompt_embeds.dim(0)?;
-    if b != 1 {
-        return Err(ModelError::Input {
-            reason: format!("generate_text takes one sequence, got a batch of {b}"),
-        });
-    }
+    // One option set: `generate_batch` refuses a prompt batch of any other size than 1.
     let mut out = generate_text_batch(
         model,
         tokenizer,
