@@ -32,8 +32,9 @@ fn a_batch_generates_for_each_page_what_it_generates_alone() {
     common::fixture_model_dir(tmp.path());
     let model = OcrModel::load(tmp.path(), &Device::Cpu, DType::F32).expect("model");
     let (rows, cols) = (111, model.text.hidden_size);
-    let caps = [5, 12, 9];
-    let embeds: Vec<Tensor> = (0..3)
+    // Rows stop at different steps (the one of budget 1 right after the prompt): each leaves the batch when it stops.
+    let caps = [5, 12, 9, 1];
+    let embeds: Vec<Tensor> = (0..caps.len() as u64)
         .map(|i| Tensor::from_vec(tokens(i + 1, rows, cols), (rows, cols), &Device::Cpu))
         .collect::<Result<_, _>>()
         .expect("tensors");
@@ -47,7 +48,7 @@ fn a_batch_generates_for_each_page_what_it_generates_alone() {
                 .expect("decode alone")
         })
         .collect();
-    let mut streamed = vec![String::new(); 3];
+    let mut streamed = vec![String::new(); caps.len()];
     let together = model
         .decode_batch(
             &embeds,

@@ -193,11 +193,27 @@ fn paragraphs(text: &str) -> Vec<(Range<usize>, Range<usize>)> {
     out
 }
 
+/// Shaped words are kept while one of the last this-many documents used them (cosmic-text's shape-run cache, one entry
+/// per word and style). Prose reuses most of its words: a warm cache makes layout 3–5× faster. The bound keeps a
+/// long-running server's cache to the vocabulary of recent requests.
+const SHAPE_CACHE_DOCUMENTS: u64 = 32;
+
+/// Whether some of `text` may be laid out right to left: a strong right-to-left character (Hebrew, Arabic, RLM…) or
+/// an explicit right-to-left embedding, override or isolate. Without one, every bidi run of the paragraph is
+/// left to right.
+fn may_run_rtl(text: &str) -> bool {
+    use unicode_bidi::BidiClass::{AL, R, RLE, RLI, RLO};
+    text.chars()
+        .any(|c| matches!(unicode_bidi::bidi_class(c), R | AL | RLE | RLO | RLI))
+}
+
 /// Lays out documents. Holds the font system and a reusable buffer; create one per thread.
 #[derive(Debug)]
 pub struct Layouter {
     pub(crate) fonts: Fonts,
     config: LayoutConfig,
+    /// Next [`Attrs::metadata`] that no shaped run has had yet (see `message_lines`).
+    fresh_metadata: usize,
 }
 
 impl Layouter {
@@ -206,6 +222,7 @@ impl Layouter {
         Ok(Self {
             fonts: Fonts::embedded(),
             config,
+            fresh_metadata: 1,
         })
     }
 
@@ -228,6 +245,10 @@ impl Layouter {
                 }
             }
         }
+        self.fonts
+            .system
+            .shape_run_cache
+            .trim(SHAPE_CACHE_DOCUMENTS);
         out
     }
 
@@ -253,14 +274,30 @@ impl Layouter {
             let para = &text[content.clone()];
             let label_here = if pi == 0 { label.as_deref() } else { None };
             let prefix = label_here.map_or(0, str::len);
-            match label_here {
-                Some(l) => buffer.set_rich_text(
+            let pieces = [(label_here.unwrap_or(""), &bold), (para, &body)];
+            if pieces.iter().any(|(t, _)| may_run_rtl(t)) {
+                // cosmic-text's cache keys a shaped word by its text and style, not by its direction: a word shaped in
+                // a left-to-right run (say "(1)") came back unmirrored in a right-to-left one. Each character of a
+                // paragraph that may run right to left gets a metadata value never used before; metadata does not
+                // change shaping or split runs, but it is part of the key, so these runs never hit the cache.
+                let mut spans = Vec::new();
+                for (text, attrs) in pieces {
+                    for (i, c) in text.char_indices() {
+                        let piece = &text[i..i + c.len_utf8()];
+                        spans.push((piece, attrs.clone().metadata(self.fresh_metadata)));
+                        self.fresh_metadata = self.fresh_metadata.wrapping_add(1).max(1);
+                    }
+                }
+                buffer.set_rich_text(spans, &body, Shaping::Advanced, None);
+            } else if let Some(l) = label_here {
+                buffer.set_rich_text(
                     [(l, bold.clone()), (para, body.clone())],
                     &body,
                     Shaping::Advanced,
                     None,
-                ),
-                None => buffer.set_text(para, &body, Shaping::Advanced, None),
+                );
+            } else {
+                buffer.set_text(para, &body, Shaping::Advanced, None);
             }
             let layout = buffer
                 .line_layout(&mut self.fonts.system, 0)

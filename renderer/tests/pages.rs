@@ -56,6 +56,7 @@ fn nasty_text() -> impl Strategy<Value = String> {
         Just("\u{200b}\u{200d}\u{feff}".to_owned()), // zero-width characters
         Just("\u{0}\u{7}\u{1b}[0m\u{7f}".to_owned()), // control characters
         Just("שלום עולם مرحبا".to_owned()),
+        Just(" (1) [x] «y» 12.5% ".to_owned()), // mirrored and weak characters, in either direction
         Just("\u{2029}\u{85}\u{1c}\u{2028}".to_owned()), // paragraph and line separators besides \n and \r
         Just("你好，世界。".repeat(30)),
         "[ ]{0,5}",
@@ -85,6 +86,21 @@ proptest! {
         let messages: Vec<&str> = contents.iter().map(String::as_str).collect();
         let back = reassemble(&pages, &messages);
         prop_assert_eq!(back, contents);
+    }
+
+    /// Shaped words are cached across documents (the shared renderer has laid out every earlier case): a warm cache
+    /// must give exactly the layout a fresh renderer gives, glyph by glyph.
+    #[test]
+    fn the_shape_cache_never_changes_a_layout(contents in prop::collection::vec(nasty_text(), 1..4)) {
+        let turns: Vec<Turn> = contents
+            .iter()
+            .map(|c| Turn { role: "user".into(), content: c.clone(), ..Turn::default() })
+            .collect();
+        let warm = paginate(Document::Chat(&turns));
+        let again = paginate(Document::Chat(&turns));
+        let cold = Renderer::new(LayoutConfig::default()).expect("valid").paginate(Document::Chat(&turns));
+        prop_assert_eq!(&warm, &cold);
+        prop_assert_eq!(&again, &cold);
     }
 }
 

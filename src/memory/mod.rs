@@ -18,10 +18,11 @@ pub mod error;
 pub mod policy;
 pub mod recall;
 pub mod remember;
+mod renderers;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use optimem_renderer::{LayoutConfig, Renderer};
+use optimem_renderer::LayoutConfig;
 use optimem_store::{ForgetReport, MemoryId, Scope, Stats, Store, TokenDtype};
 
 use crate::engine::Engine;
@@ -32,6 +33,7 @@ pub use error::{ErrorCode, MemoryError};
 pub use policy::TierPolicy;
 pub use recall::{Budget, RecallItem, RecallMode, Recalled, Selector, StreamEvent, decode_budget};
 pub use remember::{Message, PageWritten, Remembered};
+use renderers::RendererPool;
 
 pub type Result<T, E = MemoryError> = std::result::Result<T, E>;
 
@@ -83,6 +85,9 @@ pub struct MemoryConfig {
     /// With [`EncodeMode::Background`], pages that may wait for their tokens: at the cap Remember is refused with
     /// `ResourceExhausted`, so the backlog (and how far tokens lag behind the writes) stays bounded.
     pub max_pending: usize,
+    /// Remembers that render at the same time, each with its own renderer (made on first need); more wait for one.
+    /// Default: one per core, at most 4.
+    pub renderers: usize,
 }
 
 /// Default cap on pages waiting for tokens: about three minutes of Base encodes on a 2-core CPU, a few seconds on a
@@ -99,6 +104,7 @@ impl Default for MemoryConfig {
             max_new_tokens: 2048,
             encode: EncodeMode::Sync,
             max_pending: DEFAULT_MAX_PENDING,
+            renderers: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
         }
     }
 }
@@ -107,7 +113,7 @@ impl Default for MemoryConfig {
 pub struct Memory {
     store: Arc<dyn Store>,
     engine: Arc<Engine>,
-    renderer: Mutex<Renderer>,
+    renderers: RendererPool,
     cfg: MemoryConfig,
     /// Pages whose tokens are still to be encoded (pending or stale), for the [`Encoder`] and Remember's cap.
     backlog: Backlog,
@@ -151,8 +157,7 @@ impl Memory {
                 engine.model_id()
             )));
         }
-        let renderer = Renderer::new(cfg.layout.clone())
-            .map_err(|e| MemoryError::invalid(format!("layout: {e}")))?;
+        let renderers = RendererPool::new(cfg.layout.clone(), cfg.renderers)?;
         let backlog = Backlog::default();
         for (scope, meta) in store.pages_to_encode(None)? {
             backlog.push(&scope, meta.id, meta.generation);
@@ -160,7 +165,7 @@ impl Memory {
         Ok(Self {
             store,
             engine,
-            renderer: Mutex::new(renderer),
+            renderers,
             cfg,
             backlog,
         })

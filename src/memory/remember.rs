@@ -222,10 +222,7 @@ impl Memory {
         let contents: Vec<&str> = turns.iter().map(|t| t.content.as_str()).collect();
 
         let render_span = tracing::info_span!("render", messages = entries.len()).entered();
-        let mut renderer = self
-            .renderer
-            .lock()
-            .map_err(|_| MemoryError::FailedPrecondition("renderer poisoned by a panic".into()))?;
+        let mut renderer = self.renderers.get()?;
         let mut laid_out = renderer.paginate(Document::Chat(&turns));
         // A first page holding only the carried memories is the stored last page again: keep that one.
         if replace.is_some()

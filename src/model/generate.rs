@@ -191,22 +191,28 @@ pub fn generate_batch(
             })
             .collect();
         let mut logits = model.forward_embeds_last(prompt_embeds, &mut cache)?;
-        loop {
-            let mut feed = Vec::with_capacity(b);
-            for i in 0..b {
-                let pad = opts[i].eos_token_id.unwrap_or(0);
-                if stopped[i].is_some() {
-                    feed.push(pad);
-                    continue;
-                }
+        // The batch rows still generating, in cache order: `logits` row j and cache row j belong to `live[j]`.
+        // A row that stops leaves the cache before the next step, so the steps after it cost what the rows left
+        // cost (every row has the same prompt length, so nothing else is per row).
+        let mut live: Vec<usize> = (0..b).filter(|&i| stopped[i].is_none()).collect();
+        if live.len() < b {
+            cache.retain_rows(&live)?;
+            logits = logits.index_select(
+                &Tensor::new(index_u32(&live).as_slice(), logits.device())?,
+                0,
+            )?;
+        }
+        while !live.is_empty() {
+            let mut feed = Vec::with_capacity(live.len());
+            let mut kept = Vec::with_capacity(live.len());
+            for (j, &i) in live.iter().enumerate() {
                 let banned = match &opts[i].no_repeat {
                     Some(rule) => rule.banned(prompt_ids, &tokens[i]),
                     None => Vec::new(),
                 };
-                let next = choose(&logits.get(i)?, &banned, &opts[i].sampling, &mut rngs[i])?;
+                let next = choose(&logits.get(j)?, &banned, &opts[i].sampling, &mut rngs[i])?;
                 if opts[i].eos_token_id == Some(next) {
                     stopped[i] = Some(StopReason::Eos);
-                    feed.push(pad);
                     continue;
                 }
                 tokens[i].push(next);
@@ -214,11 +220,17 @@ pub fn generate_batch(
                     stopped[i] = Some(StopReason::Stopped);
                 } else if tokens[i].len() == budgets[i].0 {
                     stopped[i] = Some(budgets[i].1);
+                } else {
+                    feed.push(next);
+                    kept.push(j);
                 }
-                feed.push(next);
             }
-            if stopped.iter().all(Option::is_some) {
+            if kept.is_empty() {
                 break;
+            }
+            if kept.len() < live.len() {
+                cache.retain_rows(&kept)?;
+                live = kept.iter().map(|&j| live[j]).collect();
             }
             let embeds = model.embed_ids(&feed)?.unsqueeze(1)?;
             logits = model.forward_embeds_last(&embeds, &mut cache)?;
@@ -233,6 +245,10 @@ pub fn generate_batch(
             stop: stop.unwrap_or(StopReason::MaxNewTokens),
         })
         .collect())
+}
+
+fn index_u32(rows: &[usize]) -> Vec<u32> {
+    rows.iter().map(|&r| r as u32).collect()
 }
 
 /// [`generate`] with incremental detokenisation: `on_text` receives each new piece of text as soon

@@ -124,6 +124,34 @@ impl KvCache {
         ))
     }
 
+    /// Keeps only the sequences at `rows` (indices into the batch, in the order given) and drops the others, so a
+    /// batch whose rows finish at different steps stops spending compute on the finished ones. Copies the kept rows
+    /// once (the whole capacity); the capacity is unchanged.
+    pub fn retain_rows(&mut self, rows: &[usize]) -> Result<(), ModelError> {
+        if let Some(&bad) = rows.iter().find(|&&r| r >= self.batch) {
+            return Err(ModelError::Input {
+                reason: format!("KV cache has no row {bad} (batch {})", self.batch),
+            });
+        }
+        if rows.len() == self.batch && rows.iter().enumerate().all(|(i, &r)| i == r) {
+            return Ok(());
+        }
+        let Some((k0, _)) = self.layers.first() else {
+            self.batch = rows.len();
+            return Ok(());
+        };
+        let ids: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let ids = Tensor::new(ids.as_slice(), k0.device())?;
+        let layers = self
+            .layers
+            .iter()
+            .map(|(k, v)| Ok((k.index_select(&ids, 0)?, v.index_select(&ids, 0)?)))
+            .collect::<Result<Vec<_>, candle_core::Error>>()?;
+        self.layers = layers;
+        self.batch = rows.len();
+        Ok(())
+    }
+
     /// Marks `t` more positions as filled.
     pub(crate) fn advance(&mut self, t: usize) {
         self.len += t;
