@@ -95,12 +95,11 @@ pub fn mode_for(tier: Tier) -> Mode {
 /// A grayscale page as the 3-channel image the model's preprocessing expects (the official pipeline converts every
 /// image to RGB; a gray page gives three equal channels).
 pub fn page_image(page: &GrayImage) -> Result<Image8, EngineError> {
-    let data = page.pixels.iter().flat_map(|&p| [p, p, p]).collect();
     Ok(Image8::new(
         page.width as usize,
         page.height as usize,
         3,
-        data,
+        crate::model::preprocess::gray_to_rgb(&page.pixels),
     )?)
 }
 
@@ -185,27 +184,28 @@ enum Job {
         lane: Lane,
         reply: mpsc::Sender<Result<Encoded, EngineError>>,
     },
-    Decode {
-        values: Vec<f32>,
-        rows: usize,
-        cols: usize,
-        max_new_tokens: usize,
-        cancel: Arc<AtomicBool>,
-        reply: mpsc::Sender<DecodeMsg>,
-    },
+    Decode(DecodeJob),
     Pause {
         started: mpsc::Sender<()>,
         resume: Receiver<()>,
     },
 }
 
+/// One page's vision tokens to decode, and where its text goes.
+struct DecodeJob {
+    values: Vec<f32>,
+    rows: usize,
+    cols: usize,
+    max_new_tokens: usize,
+    cancel: Arc<AtomicBool>,
+    reply: mpsc::Sender<DecodeMsg>,
+}
+
 impl Job {
     /// For a decode whose caller still waits, the shape of its vision tokens: decodes of one shape can run as one batch.
     fn batch_key(&self) -> Option<(usize, usize)> {
         match self {
-            Job::Decode {
-                rows, cols, cancel, ..
-            } if !cancel.load(Ordering::Relaxed) => Some((*rows, *cols)),
+            Job::Decode(d) if !d.cancel.load(Ordering::Relaxed) => Some((d.rows, d.cols)),
             _ => None,
         }
     }
@@ -318,12 +318,21 @@ impl Engine {
                             // The pool's threads report to the same subscriber as the worker.
                             threads.run(|| {
                                 tracing::dispatcher::with_default(&dispatch, || {
-                                    if more.is_empty() {
-                                        run(&model, first.job, &worker_stats);
-                                    } else {
-                                        let jobs =
-                                            std::iter::once(first).chain(more).map(|q| q.job);
-                                        run_decodes(&model, jobs.collect(), &worker_stats);
+                                    // `more` holds decodes only (their batch key matched).
+                                    match first.job {
+                                        Job::Decode(d) if !more.is_empty() => {
+                                            let rest =
+                                                more.into_iter().filter_map(|q| match q.job {
+                                                    Job::Decode(d) => Some(d),
+                                                    _ => None,
+                                                });
+                                            run_decodes(
+                                                &model,
+                                                std::iter::once(d).chain(rest).collect(),
+                                                &worker_stats,
+                                            );
+                                        }
+                                        job => run(&model, job, &worker_stats),
                                     }
                                 })
                             });
@@ -393,7 +402,7 @@ impl Engine {
             return Err(EngineError::Stopped);
         }
         let lane = match job {
-            Job::Decode { .. } => Lane::Decode,
+            Job::Decode(_) => Lane::Decode,
             Job::Encode { lane, .. } => lane,
             // Whoever pauses the worker waits for it to stop.
             Job::Pause { .. } => Lane::Encode,
@@ -450,14 +459,14 @@ impl Engine {
             )));
         }
         let (reply, rx) = mpsc::channel();
-        self.submit(Job::Decode {
+        self.submit(Job::Decode(DecodeJob {
             values,
             rows,
             cols,
             max_new_tokens,
             cancel: cancel.clone(),
             reply,
-        })?;
+        }))?;
         loop {
             match rx.recv().map_err(|_| EngineError::Stopped)? {
                 DecodeMsg::Piece(p) => {
@@ -536,19 +545,19 @@ fn run(model: &OcrModel, job: Job, stats: &Mutex<EngineStats>) {
             });
             let _ = reply.send(result);
         }
-        Job::Decode { cancel, reply, .. } if cancel.load(Ordering::Relaxed) => {
+        Job::Decode(d) if d.cancel.load(Ordering::Relaxed) => {
             // The caller went away while this waited in the queue: no prefill for nobody.
             update(stats, |s| {
                 s.decodes_skipped += 1;
                 s.decodes_cancelled += 1;
             });
-            let _ = reply.send(DecodeMsg::Done(Ok(Decoded {
+            let _ = d.reply.send(DecodeMsg::Done(Ok(Decoded {
                 text: String::new(),
                 tokens: 0,
                 cancelled: true,
             })));
         }
-        job @ Job::Decode { .. } => run_decodes(model, vec![job], stats),
+        Job::Decode(d) => run_decodes(model, vec![d], stats),
         Job::Pause { started, resume } => {
             let _ = started.send(());
             // Returns when the guard's sender is dropped.
@@ -558,34 +567,22 @@ fn run(model: &OcrModel, job: Job, stats: &Mutex<EngineStats>) {
 }
 
 /// Decodes of one shape (`Job::batch_key`), one or several, as one generation: each caller is streamed its own text and
-/// gets its own answer. Anything but a decode is run alone.
-fn run_decodes(model: &OcrModel, jobs: Vec<Job>, stats: &Mutex<EngineStats>) {
+/// gets its own answer.
+fn run_decodes(model: &OcrModel, jobs: Vec<DecodeJob>, stats: &Mutex<EngineStats>) {
     let t0 = Instant::now();
     let mut embeds = Vec::with_capacity(jobs.len());
     let mut opts = Vec::with_capacity(jobs.len());
     let mut callers = Vec::with_capacity(jobs.len());
     let mut failed = None;
     for job in jobs {
-        match job {
-            Job::Decode {
-                values,
-                rows,
-                cols,
-                max_new_tokens,
-                cancel,
-                reply,
-            } => {
-                match Tensor::from_vec(values, (rows, cols), model.decoder.device())
-                    .and_then(|t| t.to_dtype(model.decoder.dtype()))
-                {
-                    Ok(t) => embeds.push(t),
-                    Err(e) => failed = Some(e.to_string()),
-                }
-                opts.push(model.ocr_options(max_new_tokens));
-                callers.push((cancel, reply));
-            }
-            other => run(model, other, stats),
+        match Tensor::from_vec(job.values, (job.rows, job.cols), model.decoder.device())
+            .and_then(|t| t.to_dtype(model.decoder.dtype()))
+        {
+            Ok(t) => embeds.push(t),
+            Err(e) => failed = Some(e.to_string()),
         }
+        opts.push(model.ocr_options(job.max_new_tokens));
+        callers.push((job.cancel, job.reply));
     }
     let n = callers.len() as u64;
     update(stats, |s| {
