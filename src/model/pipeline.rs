@@ -25,7 +25,7 @@ pub struct OcrModel {
     pub vision: VisionConfig,
     pub text: TextConfig,
     /// Identifies the weights that made a set of vision tokens (stored with every page): the directory name and a
-    /// fingerprint of config.json and the weight files' sizes.
+    /// fingerprint of config.json and the weight files (sizes and sampled bytes, see `model_id`).
     pub id: String,
     pub dir: PathBuf,
     /// The modes these weights were trained to read, from config.json's optional top-level `trained_tiers` (ours;
@@ -163,9 +163,17 @@ impl OcrModel {
     }
 }
 
-/// `dirname@fingerprint`: FNV-1a over config.json's bytes and each weight file's name and size (reading 6.7 GB to hash
-/// it would make every start slow; a re-export with other weights changes the sizes or the config in practice).
+/// Bytes read from each weight file for [`model_id`], in this many evenly spaced pieces of [`ID_SAMPLE_BYTES`].
+const ID_SAMPLES: u64 = 64;
+const ID_SAMPLE_BYTES: usize = 4096;
+
+/// `dirname@fingerprint`: FNV-1a over config.json's bytes and, for each weight file, its name, its size and 64 pieces
+/// of 4 KiB spread evenly over it (the first holds the safetensors header with its metadata). Sizes alone are not
+/// enough: a retrained model of the same architecture has the same files to the byte count (the bundled model's runs j6
+/// and j9 had the same id), and a store would then decode one model's tokens with the other's weights. Reading 256 KiB
+/// per file keeps the start fast for the official 6.7 GB checkpoint; training changes virtually every byte.
 fn model_id(dir: &Path) -> Result<String, ModelError> {
+    use std::io::{Read, Seek, SeekFrom};
     fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
         move |source| ModelError::Io {
             path: path.to_path_buf(),
@@ -180,19 +188,29 @@ fn model_id(dir: &Path) -> Result<String, ModelError> {
     };
     let cfg = dir.join("config.json");
     feed(&std::fs::read(&cfg).map_err(io(&cfg))?);
-    let mut files: Vec<(String, u64)> = Vec::new();
+    let mut files: Vec<(String, u64, PathBuf)> = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io(dir))? {
         let entry = entry.map_err(io(dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.ends_with(".safetensors") {
             let len = entry.metadata().map_err(io(&entry.path()))?.len();
-            files.push((name, len));
+            files.push((name, len, entry.path()));
         }
     }
     files.sort();
-    for (name, len) in &files {
+    let mut piece = vec![0u8; ID_SAMPLE_BYTES];
+    for (name, len, path) in &files {
         feed(name.as_bytes());
         feed(&len.to_le_bytes());
+        let mut file = std::fs::File::open(path).map_err(io(path))?;
+        let span = len.saturating_sub(ID_SAMPLE_BYTES as u64);
+        for i in 0..ID_SAMPLES {
+            let at = span * i / (ID_SAMPLES - 1);
+            file.seek(SeekFrom::Start(at)).map_err(io(path))?;
+            let n = (*len - at).min(ID_SAMPLE_BYTES as u64) as usize;
+            file.read_exact(&mut piece[..n]).map_err(io(path))?;
+            feed(&piece[..n]);
+        }
     }
     let name = dir
         .canonicalize()
@@ -241,6 +259,40 @@ pub fn trained_modes(json: &serde_json::Value) -> Result<Option<Vec<Mode>>, Mode
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_model_id_tells_weights_of_the_same_shape_apart() {
+        let dirs: Vec<tempfile::TempDir> = (0..3)
+            .map(|_| tempfile::tempdir().expect("tempdir"))
+            .collect();
+        // Same config, same file names and sizes; the third holds other values, as a retrained model does.
+        let weights: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        for (k, d) in dirs.iter().enumerate() {
+            std::fs::write(d.path().join("config.json"), b"{}").expect("config");
+            let mut w = weights.clone();
+            if k == 2 {
+                w.iter_mut().for_each(|b| *b ^= 1);
+            }
+            std::fs::write(d.path().join("model.safetensors"), &w).expect("weights");
+        }
+        let ids: Vec<String> = dirs
+            .iter()
+            .map(|d| model_id(d.path()).expect("id"))
+            .map(|id| id.split_once('@').expect("name@hash").1.to_owned())
+            .collect();
+        assert_eq!(ids[0], ids[1]);
+        assert_ne!(ids[0], ids[2]);
+        // A file shorter than one sample is read whole.
+        std::fs::write(dirs[0].path().join("model.safetensors"), b"tiny").expect("weights");
+        assert_ne!(
+            model_id(dirs[0].path())
+                .expect("id")
+                .split_once('@')
+                .expect("hash")
+                .1,
+            ids[0]
+        );
+    }
 
     #[test]
     fn trained_tiers_are_optional_mode_names() {
