@@ -10,6 +10,10 @@
 //!   store) share the same cores. [`ModelThreads`] runs the model on its own rayon pool whose threads, like the
 //!   engine's worker, run at a lower priority (a higher nice value), so that request handling is served first and the
 //!   model takes every cycle left over.
+//! - Each tensor op allocates its output. glibc's malloc serves blocks over 128 KiB (adaptively more) with their own
+//!   `mmap` and gives freed heap memory back to the kernel, so the model's working set was unmapped and faulted in
+//!   again, zeroed page by page, on every op: page faults were ~10 % of an encode profile. [`keep_freed_memory`]
+//!   keeps that memory in the process for reuse.
 
 /// Sets `RAYON_NUM_THREADS` to the number of threads candle would choose (physical cores, or `CANDLE_CPU_MASK`)
 /// unless the caller set it.
@@ -23,6 +27,23 @@ pub unsafe fn pin_thread_count() {
         let n = candle_core::utils::get_num_threads();
         // SAFETY: the caller guarantees that this is the only thread.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+    }
+}
+
+/// Makes glibc's malloc serve blocks up to 32 MiB (its maximum) from the heap instead of a fresh `mmap` each, and
+/// return freed memory to the kernel only above 1 GiB of free heap: a tensor op's output reuses the pages of earlier
+/// ones instead of page-faulting in new zeroed ones. `bench encoder --mode small --model models/optimem-tiny`: see
+/// benches/README.md (session 6). A no-op on other C libraries.
+#[allow(unsafe_code)]
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; it takes the allocator's own lock and fails by return value.
+    unsafe {
+        if libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20) != 1
+            || libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30) != 1
+        {
+            tracing::warn!("could not tune the allocator (mallopt)");
+        }
     }
 }
 
