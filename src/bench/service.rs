@@ -217,11 +217,10 @@ pub fn run(opts: &ServiceBenchOptions) -> Result<ServiceReport, BenchError> {
             max_pending: opts.max_pending,
             ..MemoryConfig::default()
         };
-        Ok(Arc::new(Memory::new(
-            Arc::new(store),
-            Arc::new(engine),
-            cfg,
-        )?))
+        let memory = Memory::new(Arc::new(store), Arc::new(engine), cfg)?;
+        // As `serve` does before it accepts requests.
+        memory.warm_up()?;
+        Ok(Arc::new(memory))
     })?;
 
     let rt = runtime_with(dispatch)?;

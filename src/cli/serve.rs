@@ -191,6 +191,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         ..MemoryConfig::default()
     };
     let memory = Arc::new(Memory::new(Arc::new(store), Arc::new(engine), cfg)?);
+    memory.warm_up()?;
     let config = ServerConfig {
         max_message_bytes: a.max_message_bytes,
         auth_token,

@@ -171,6 +171,16 @@ impl Memory {
         })
     }
 
+    /// Makes all the renderers Remember may use and fills their caches at the tiers the policy gives new pages; a
+    /// server calls this before it accepts requests. Returns how many renderers are ready.
+    pub fn warm_up(&self) -> Result<usize> {
+        let p = &self.cfg.policy;
+        let mut tiers: Vec<_> = p.bands.iter().map(|&(_, t)| t).chain([p.rest]).collect();
+        tiers.sort();
+        tiers.dedup();
+        self.renderers.warm(&tiers)
+    }
+
     pub fn config(&self) -> &MemoryConfig {
         &self.cfg
     }

@@ -7,7 +7,8 @@
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 
-use optimem_renderer::{LayoutConfig, Renderer};
+use optimem_renderer::density::SAMPLE_PROSE;
+use optimem_renderer::{Document, LayoutConfig, Renderer, Tier, Turn};
 
 use super::{MemoryError, Result};
 
@@ -64,6 +65,35 @@ impl RendererPool {
                 .wait(state)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
+    }
+
+    /// Makes every renderer the pool may hold and has each lay out a sample chat page and rasterize it at `tiers`, so
+    /// that the first requests (a burst of clients starting together) do not pay for empty caches: glyph masks per
+    /// size, shaped words. Waits for renderers lent at the time. Returns how many renderers are warm.
+    pub(crate) fn warm(&self, tiers: &[Tier]) -> Result<usize> {
+        let turns = [
+            Turn {
+                role: "user".into(),
+                content: SAMPLE_PROSE.into(),
+                ..Turn::default()
+            },
+            Turn {
+                role: "assistant".into(),
+                content: SAMPLE_PROSE.into(),
+                ..Turn::default()
+            },
+        ];
+        let mut lent = Vec::with_capacity(self.size);
+        while lent.len() < self.size {
+            let mut r = self.get()?;
+            for page in r.paginate(Document::Chat(&turns)).iter().take(1) {
+                for &tier in tiers {
+                    r.rasterize(page, tier);
+                }
+            }
+            lent.push(r);
+        }
+        Ok(lent.len())
     }
 
     fn lease(&self, renderer: Renderer) -> Lease<'_> {
@@ -174,6 +204,14 @@ mod tests {
         // The next request gets a fresh renderer instead of an error or a wait.
         let mut r = pool.get().expect("renderer");
         assert_eq!(r.paginate(Document::Text("fresh")).len(), 1);
+    }
+
+    #[test]
+    fn warming_makes_every_renderer_and_gives_them_back() {
+        let pool = RendererPool::new(LayoutConfig::default(), 3).expect("pool");
+        assert_eq!(pool.warm(&[Tier::Small, Tier::Tiny]).expect("warm"), 3);
+        let state = pool.lock();
+        assert_eq!((state.made, state.idle.len()), (3, 3));
     }
 
     #[test]
