@@ -6,6 +6,7 @@
 //! * [`error`]: [`ModelError`], the error of every model call.
 //! * [`preprocess`]: image decoding, Pillow-exact resize/pad, Gundam tiles, [`Mode`] and [`PreparedImage`].
 //! * [`interp`]: torch-exact bicubic-antialias and linear resizes for the position tables.
+//! * `kernels`: vectorised CPU f32 kernels (SAM's rel-pos softmax, the erf GELU) behind AVX2 dispatch.
 //! * [`sam`], [`clip`]: the two towers of the DeepEncoder (`model.sam_model`, `model.vision_model`).
 //! * [`deepencoder`]: fusion, projector and the 2-D token layout; token counts and the tile rule.
 //! * [`decoder`]: the DeepSeek-3B-MoE language model (plain MHA, MoE with shared experts) that reads the vision tokens.
@@ -45,6 +46,7 @@ pub mod deepencoder;
 pub mod error;
 pub mod generate;
 pub mod interp;
+pub(crate) mod kernels;
 pub mod pipeline;
 pub mod preprocess;
 pub mod sam;

@@ -17,6 +17,7 @@ use candle_nn::VarBuilder;
 use super::config::{LayerNorm, Linear, SamConfig, layer_norm, linear, tensor};
 use super::error::Result;
 use super::interp::{ResizeCache, resize_nhwc_bicubic_aa};
+use super::kernels;
 
 mod attention;
 use attention::Attention;
@@ -72,7 +73,8 @@ struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.lin2.forward(&self.lin1.forward(x)?.gelu_erf()?)
+        self.lin2
+            .forward(&kernels::gelu_erf(&self.lin1.forward(x)?)?)
     }
 }
 

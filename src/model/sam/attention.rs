@@ -7,11 +7,11 @@
 
 use candle_core::{CpuStorage, DType, Layout, Shape, Tensor};
 use candle_nn::VarBuilder;
-use rayon::prelude::*;
 
 use crate::model::config::{Linear, SamConfig, linear, tensor};
 use crate::model::error::Result;
 use crate::model::interp::{ResizeCache, resize_rows_linear};
+use crate::model::kernels;
 
 /// Upper bound on elements of one block of attention logits (`heads·B × rows × N`), 128 MiB in f32.
 const ATTN_CHUNK_ELEMS: usize = 32 << 20;
@@ -224,36 +224,6 @@ fn sdpa_rel_pos_folded(
     Ok(Tensor::cat(&outs, 1)?)
 }
 
-/// `eˣ` for `x ≤ 0` (softmax after subtracting the row maximum): 1.2e-7 max relative error against
-/// `f32::exp` over [−87, 0] (measured in the test below).
-///
-/// Cody–Waite range reduction `x = n·ln2 + r` and Cephes' degree-6 polynomial for `eʳ`, written with
-/// plain adds and multiplies (no `mul_add`, which is a libm call without the FMA target feature;
-/// rounding by the 1.5·2²³ trick; `2ⁿ` by building the exponent bits) so the softmax loop vectorises,
-/// which a loop calling `expf` does not. Inputs below −87 are clamped there (result ≈ 1.6e-38, not the
-/// smaller true value: invisible in a softmax weight).
-#[inline]
-fn exp_nonpositive(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding it rounds to an integer in the low mantissa bits
-    let x = x.max(-87.0);
-    let t = x * LOG2E + ROUND;
-    let n = t - ROUND;
-    let r = (x - n * LN2_HI) - n * LN2_LO;
-    let mut p = 1.987_569_1e-4_f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let y = p * r * r + r + 1.0;
-    // n ∈ [−126, 0]: the integer sits in t's low mantissa bits.
-    let n_int = (t.to_bits() as i32) - (ROUND.to_bits() as i32);
-    y * f32::from_bits(((n_int + 127) as u32) << 23)
-}
-
 /// `softmax(logits·scale + rel_h[.., row(j)] + rel_w[.., col(j)])` over the last dimension, in one pass
 /// per row (CPU, f32): `logits` `[.., kh·kw]`, `rel_h` `[.., kh]`, `rel_w` `[.., kw]`, all contiguous.
 struct RelPosSoftmax {
@@ -296,29 +266,7 @@ impl candle_core::CustomOp3 for RelPosSoftmax {
                 l3.dims()
             );
         }
-        let mut out = vec![0f32; logits.len()];
-        let scale = self.scale;
-        out.par_chunks_mut(n.max(1)).enumerate().for_each(|(r, o)| {
-            let src = &logits[r * n..(r + 1) * n];
-            let (h, w) = (&rel_h[r * kh..(r + 1) * kh], &rel_w[r * kw..(r + 1) * kw]);
-            let mut max = f32::NEG_INFINITY;
-            for (a, &hb) in h.iter().enumerate() {
-                let (s_row, o_row) = (&src[a * kw..(a + 1) * kw], &mut o[a * kw..(a + 1) * kw]);
-                for ((d, &s), &wb) in o_row.iter_mut().zip(s_row).zip(w) {
-                    *d = s * scale + (hb + wb);
-                    max = max.max(*d);
-                }
-            }
-            let mut sum = 0f32;
-            for d in o.iter_mut() {
-                *d = exp_nonpositive(*d - max);
-                sum += *d;
-            }
-            let inv = 1.0 / sum;
-            for d in o.iter_mut() {
-                *d *= inv;
-            }
-        });
+        let out = kernels::rel_pos_softmax(logits, rel_h, rel_w, (kh, kw), self.scale);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -366,20 +314,6 @@ mod tests {
             .to_scalar::<f32>()?;
         assert!(diff < 1e-5, "{diff}");
         Ok(())
-    }
-
-    #[test]
-    fn fast_exp_matches_libm() {
-        let mut worst = 0f32;
-        for i in 0..=2_000_000 {
-            let x = -87.0 * i as f32 / 2_000_000.0;
-            let (a, b) = (exp_nonpositive(x), x.exp());
-            worst = worst.max(((a - b) / b).abs());
-        }
-        eprintln!("fast exp: max relative error {worst:e}");
-        assert!(worst < 2.5e-7, "max relative error {worst:e}");
-        assert_eq!(exp_nonpositive(0.0), 1.0);
-        assert!(exp_nonpositive(-1000.0) < 1e-37);
     }
 
     #[test]
