@@ -30,16 +30,20 @@ pub unsafe fn pin_thread_count() {
     }
 }
 
-/// Makes glibc's malloc serve blocks up to 32 MiB (its maximum) from the heap instead of a fresh `mmap` each, and
-/// return freed memory to the kernel only above 1 GiB of free heap: a tensor op's output reuses the pages of earlier
-/// ones instead of page-faulting in new zeroed ones. `bench encoder --mode small --model models/optimem-tiny`: see
-/// benches/README.md (session 6). A no-op on other C libraries.
+/// Makes glibc's malloc serve every block from its heaps instead of a fresh `mmap` for each large one, and return freed
+/// memory to the kernel only above 1 GiB of free heap: a tensor op's output reuses the pages of earlier ones instead of
+/// page-faulting in new zeroed ones. Session 6 raised the mmap threshold to its maximum, 32 MiB; session 7 turned
+/// `mmap` off (`M_MMAP_MAX` 0), because an official-size Base page still allocates 37–50 MiB per SAM block (qkv, MLP)
+/// and took 3.9 M page faults for three encodes (0.55 M without). glibc still maps memory where a heap cannot grow
+/// (a thread arena's heap is 64 MiB at most). Figures: benches/README.md, sessions 6 and 7. A no-op on other C
+/// libraries.
 #[allow(unsafe_code)]
 pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; it takes the allocator's own lock and fails by return value.
     unsafe {
         if libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20) != 1
+            || libc::mallopt(libc::M_MMAP_MAX, 0) != 1
             || libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30) != 1
         {
             tracing::warn!("could not tune the allocator (mallopt)");
