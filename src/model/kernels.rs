@@ -7,8 +7,15 @@
 //! for AVX2 + FMA when the CPU has them (the binary itself targets baseline x86-64). They do the same
 //! IEEE operations in the same order on every path (Rust never fuses `a·b + c`), so results do not
 //! depend on the CPU.
+//!
+//! Decoding at batch 1 is a matrix-vector product per weight, bound by memory bandwidth: at the official
+//! size 2.3 GB of f32 weights are read per token (`perf`: 90 % of decode time in gemm's GEMV). The
+//! official checkpoint, like the bundled model, is stored in bf16, so the decoder keeps such weights in
+//! bf16 (exactly: every f32 it would hold is a bf16 value) and [`matmul_t`] multiplies a few f32 rows by
+//! them with f32 products and sums, reading half the bytes.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
+use half::bf16;
 use rayon::prelude::*;
 
 use super::error::Result;
@@ -258,6 +265,156 @@ pub(crate) fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// At most this many rows of `x` go through the bf16 kernel of [`matmul_t`]; more (a prefill) convert
+/// the weight to f32 for candle's GEMM, whose blocking wins once the weight is reused across many rows.
+pub(crate) const BF16_KERNEL_MAX_ROWS: usize = 16;
+
+/// `Σ a·b` in [`LANES`] lanes.
+#[inline(always)]
+fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..LANES {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// `out[r, j] = x[r, ..] · w[j, ..]` for the weight rows `w` (bf16, `k` wide) of one task: each row is
+/// widened to f32 once (exact) into `buf` and dotted with every row of `x` (`m × k`). `out` is
+/// `m × n_total`, `j0` the first weight row of this task.
+#[inline(always)]
+fn bf16_rows_times(
+    x: &[f32],
+    w: &[bf16],
+    k: usize,
+    buf: &mut [f32],
+    out: &mut [f32],
+    j0: usize,
+    n_total: usize,
+) {
+    let m = x.len() / k;
+    for (jj, row) in w.chunks_exact(k).enumerate() {
+        for (b, &v) in buf.iter_mut().zip(row) {
+            *b = f32::from_bits(u32::from(v.to_bits()) << 16);
+        }
+        for r in 0..m {
+            out[r * n_total + j0 + jj] = dot_lanes(&x[r * k..(r + 1) * k], buf);
+        }
+    }
+}
+
+/// `x · wᵀ` for CPU `x` f32 `[m, k]` and `w` bf16 `[n, k]` (both contiguous) → f32 `[m, n]`.
+struct MatmulBf16T;
+
+impl CustomOp2 for MatmulBf16T {
+    fn name(&self) -> &'static str {
+        "matmul-f32-bf16t"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(xd), CpuStorage::BF16(wd)) = (s1, s2) else {
+            candle_core::bail!("matmul-f32-bf16t: needs f32 x and bf16 w");
+        };
+        let (Some((xa, xb)), Some((wa, wb))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("matmul-f32-bf16t: inputs must be contiguous");
+        };
+        let (&[m, k], &[n, k2]) = (l1.dims(), l2.dims()) else {
+            candle_core::bail!(
+                "matmul-f32-bf16t: 2-D inputs only, got {:?} {:?}",
+                l1.dims(),
+                l2.dims()
+            );
+        };
+        if k != k2 || k == 0 {
+            candle_core::bail!("matmul-f32-bf16t: shapes {:?} {:?}", l1.dims(), l2.dims());
+        }
+        let (x, w) = (&xd[xa..xb], &wd[wa..wb]);
+        // Weight rows per task: enough work per task, and tasks for every thread.
+        let rows_per_task =
+            (CHUNK / k).clamp(1, n.div_ceil(2 * rayon::current_num_threads()).max(1));
+        let parts: Vec<(usize, Vec<f32>)> = w
+            .par_chunks(rows_per_task * k)
+            .enumerate()
+            .map(|(t, wt)| {
+                let rows = wt.len() / k;
+                let mut local = vec![0f32; m * rows];
+                let mut buf = vec![0f32; k];
+                with_avx2!(bf16_rows_times(x, wt, k, &mut buf, &mut local, 0, rows));
+                (t * rows_per_task, local)
+            })
+            .collect();
+        let mut out = vec![0f32; m * n];
+        for (j0, local) in parts {
+            let rows = local.len() / m.max(1);
+            for r in 0..m {
+                out[r * n + j0..r * n + j0 + rows]
+                    .copy_from_slice(&local[r * rows..(r + 1) * rows]);
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+}
+
+/// `x · wᵀ` over the last dimension of `x` (any rank; `w` is `[out, in]`).
+///
+/// A bf16 `w` with an f32 `x` on the CPU takes [`MatmulBf16T`] for up to [`BF16_KERNEL_MAX_ROWS`] rows and
+/// candle's GEMM on an f32 copy of `w` beyond; every other pairing is candle's matmul as `candle_nn::Linear`
+/// does it.
+pub(crate) fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let last = x.dim(candle_core::D::Minus1)?;
+    let lead = &x.dims()[..x.rank() - 1];
+    let rows: usize = lead.iter().product();
+    let mut out_dims = lead.to_vec();
+    out_dims.push(w.dim(0)?);
+    let x2 = x.contiguous()?.reshape((rows, last))?;
+    let y = if w.dtype() == DType::BF16 && x.dtype() == DType::F32 && x.device().is_cpu() {
+        if rows <= BF16_KERNEL_MAX_ROWS {
+            x2.apply_op2_no_bwd(&w.contiguous()?, &MatmulBf16T)?
+        } else {
+            x2.matmul(&w.to_dtype(DType::F32)?.t()?)?
+        }
+    } else {
+        x2.matmul(&w.to_dtype(x.dtype())?.t()?)?
+    };
+    Ok(y.reshape(out_dims)?)
+}
+
+/// `w` in bf16 when it is an f32 CPU tensor whose every value is a bf16 value (the low 16 bits of each
+/// f32 are zero), as when an f32 model is loaded from a bf16 checkpoint: the same numbers in half the
+/// memory. Anything else is returned as it is.
+pub(crate) fn compact_bf16(w: Tensor) -> Result<Tensor> {
+    if !w.device().is_cpu() || w.dtype() != DType::F32 {
+        return Ok(w);
+    }
+    let exact = {
+        let flat = w.flatten_all()?;
+        let (storage, layout) = flat.storage_and_layout();
+        match (&*storage, layout.contiguous_offsets()) {
+            (candle_core::Storage::Cpu(CpuStorage::F32(d)), Some((a, b))) => d[a..b]
+                .par_chunks(CHUNK)
+                .all(|c| c.iter().all(|v| v.to_bits() & 0xffff == 0)),
+            _ => false,
+        }
+    };
+    Ok(if exact { w.to_dtype(DType::BF16)? } else { w })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,5 +497,56 @@ mod tests {
                 assert!(d < 1e-6, "row {r} col {j}: {d:e}");
             }
         }
+    }
+
+    #[test]
+    fn bf16_matmul_equals_f32_matmul_on_the_same_values() -> Result<()> {
+        let dev = Device::Cpu;
+        for (m, k, n) in [
+            (1usize, 1280usize, 300usize),
+            (3, 37, 5),
+            (16, 64, 1000),
+            (17, 8, 9),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?.to_dtype(DType::BF16)?;
+            let w32 = w.to_dtype(DType::F32)?;
+            let want = x.matmul(&w32.t()?)?;
+            let got = matmul_t(&x, &w)?;
+            let d = (got - &want)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            assert!(d < 1e-4 * (k as f32).sqrt(), "{m}x{k}x{n}: {d}");
+            // A batch of rows as a 3-D input, and a zero-copy row block of a stacked weight.
+            let stacked = Tensor::stack(&[&w, &w], 0)?;
+            let x3 = x.unsqueeze(0)?;
+            let got3 = matmul_t(&x3, &stacked.get(1)?)?.squeeze(0)?;
+            let d = (got3 - &want)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            assert!(d < 1e-4 * (k as f32).sqrt(), "3-D {m}x{k}x{n}: {d}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn only_bf16_exact_weights_are_compacted() -> Result<()> {
+        let dev = Device::Cpu;
+        let exact = Tensor::randn(0f32, 1.0, (4, 6), &dev)?
+            .to_dtype(DType::BF16)?
+            .to_dtype(DType::F32)?;
+        let c = compact_bf16(exact.clone())?;
+        assert_eq!(c.dtype(), DType::BF16);
+        assert_eq!(
+            c.to_dtype(DType::F32)?.to_vec2::<f32>()?,
+            exact.to_vec2::<f32>()?
+        );
+        let inexact = (exact + 1e-3)?;
+        assert_eq!(compact_bf16(inexact)?.dtype(), DType::F32);
+        Ok(())
     }
 }

@@ -8,13 +8,13 @@
 //! (`[B, heads, QUERY_CHUNK, kv_len]` in f32) even for prompts of thousands of positions.
 //! The softmax runs in f32 and is cast back, as the eager reference does.
 
-use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 
 use crate::model::ModelError;
 use crate::model::decoder::TextConfig;
 use crate::model::decoder::kv_cache::KvCache;
-use crate::model::decoder::layers::linear;
+use crate::model::decoder::layers::{Linear, linear};
 use crate::model::decoder::rope::RotaryEmbedding;
 
 /// Query rows attended at once during prefill by default (bounds the f32 score matrix: 512 rows ×
@@ -138,7 +138,7 @@ impl Attention {
         let out = out
             .transpose(1, 2)?
             .reshape((b, t, self.num_heads * self.head_dim))?;
-        Ok(self.o_proj.forward(&out)?)
+        self.o_proj.forward(&out)
     }
 }
 

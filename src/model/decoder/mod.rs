@@ -20,14 +20,14 @@ pub mod moe;
 pub mod rope;
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 
 pub use config::{HiddenAct, ScoringFunc, TextConfig, TopkMethod};
 pub use kv_cache::KvCache;
 
 use crate::model::ModelError;
 use attention::{Attention, CausalMasks};
-use layers::{Mlp, RmsNorm, weight};
+use layers::{Linear, Mlp, RmsNorm, weight};
 use moe::{Dispatch, Moe};
 use rope::RotaryEmbedding;
 
@@ -114,9 +114,9 @@ impl DeepseekOcrDecoder {
             .map(|i| DecoderLayer::new(cfg, i, &vm.pp(format!("layers.{i}"))))
             .collect::<Result<Vec<_>, _>>()?;
         let lm_head = if cfg.tie_word_embeddings {
-            Linear::new(embed.clone(), None)
+            Linear::new(embed.clone(), None)?
         } else {
-            Linear::new(weight(&vb.pp("lm_head"), (v, h), "weight")?, None)
+            Linear::new(weight(&vb.pp("lm_head"), (v, h), "weight")?, None)?
         };
         Ok(Self {
             embed_tokens: Embedding::new(embed, h),

@@ -29,6 +29,7 @@ use candle_nn::VarBuilder;
 use crate::model::ModelError;
 use crate::model::decoder::TextConfig;
 use crate::model::decoder::layers::{Mlp, weight};
+use crate::model::kernels::{compact_bf16, matmul_t};
 
 /// Up to this many tokens per forward use the gather path on an accelerator (batch-1 decoding and small batches).
 pub const GATHER_MAX_TOKENS: usize = 4;
@@ -97,7 +98,7 @@ impl Experts {
             let ws = (0..n)
                 .map(|e| weight(&vb.pp(format!("{e}.{proj}")), shape, "weight"))
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(Tensor::stack(&ws, 0)?)
+            compact_bf16(Tensor::stack(&ws, 0)?)
         };
         Ok(Self {
             gate_proj: stack("gate_proj", (inter, hidden))?,
@@ -112,10 +113,10 @@ impl Experts {
 
     /// Expert `e` applied to `x` `(c, H)`, with zero-copy views of the stacked weights.
     fn run_one(&self, e: usize, x: &Tensor) -> Result<Tensor, ModelError> {
-        let g = x.matmul(&self.gate_proj.get(e)?.t()?)?;
-        let u = x.matmul(&self.up_proj.get(e)?.t()?)?;
+        let g = matmul_t(x, &self.gate_proj.get(e)?)?;
+        let u = matmul_t(x, &self.up_proj.get(e)?)?;
         let h = (candle_nn::ops::silu(&g)? * u)?;
-        Ok(h.matmul(&self.down_proj.get(e)?.t()?)?)
+        matmul_t(&h, &self.down_proj.get(e)?)
     }
 }
 
@@ -198,9 +199,10 @@ impl Moe {
         let k = self.top_k;
         let slots = idx.flatten_all()?;
         let ex = &self.experts;
-        let wg = ex.gate_proj.index_select(&slots, 0)?;
-        let wu = ex.up_proj.index_select(&slots, 0)?;
-        let wd = ex.down_proj.index_select(&slots, 0)?;
+        // Weights kept in bf16 on the CPU are widened to the activations' dtype after the gather.
+        let wg = ex.gate_proj.index_select(&slots, 0)?.to_dtype(x.dtype())?;
+        let wu = ex.up_proj.index_select(&slots, 0)?.to_dtype(x.dtype())?;
+        let wd = ex.down_proj.index_select(&slots, 0)?.to_dtype(x.dtype())?;
         let xs = x
             .unsqueeze(1)?
             .broadcast_as((n, k, h))?
