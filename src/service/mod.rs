@@ -137,6 +137,9 @@ pub async fn run(
         maintenance_stopped,
     ));
     tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            size_limit_is_exhaustion::<tonic::body::Body>,
+        ))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(memory_service)
@@ -172,6 +175,41 @@ pub struct MemoryService {
     inflight: mpsc::Sender<()>,
 }
 
+/// tonic answers a request message over `max_decoding_message_size` with OUT_OF_RANGE, before any handler runs; the
+/// API answers every configured limit with RESOURCE_EXHAUSTED and uses OUT_OF_RANGE for nothing else, so the status of
+/// such a (trailers-only) response is rewritten. Statuses sent later in a stream's trailers are never OUT_OF_RANGE.
+fn size_limit_is_exhaustion<B>(mut res: http::Response<B>) -> http::Response<B> {
+    let headers = res.headers_mut();
+    let out_of_range = (tonic::Code::OutOfRange as i32).to_string();
+    if headers
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == out_of_range.as_bytes())
+    {
+        let exhausted = (tonic::Code::ResourceExhausted as i32).to_string();
+        if let Ok(v) = http::HeaderValue::from_str(&exhausted) {
+            headers.insert("grpc-status", v);
+        }
+    }
+    res
+}
+
+/// The span of one request: every stage span of the memory layer (render, encode, decode, store…) nests in it.
+fn request_span(method: &'static str, scope: &dyn std::fmt::Display) -> tracing::Span {
+    tracing::info_span!("rpc", method, scope = %scope)
+}
+
+/// An optional scope in a span: the scope, or `*` for every scope.
+struct ScopeOrAll<'a>(Option<&'a optimem_store::Scope>);
+
+impl std::fmt::Display for ScopeOrAll<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(scope) => scope.fmt(f),
+            None => f.write_str("*"),
+        }
+    }
+}
+
 /// Sets the decoder's cancel flag when the handler's future is dropped (client cancelled, deadline passed).
 struct CancelOnDrop(Arc<AtomicBool>);
 
@@ -182,16 +220,17 @@ impl Drop for CancelOnDrop {
 }
 
 impl MemoryService {
-    /// Runs `f` on the blocking pool and maps its error.
+    /// Runs `f` on the blocking pool inside the request's span and maps its error.
     async fn blocking<T: Send + 'static>(
         &self,
+        span: tracing::Span,
         f: impl FnOnce(&Memory) -> Result<T, MemoryError> + Send + 'static,
     ) -> Result<T, Status> {
         let memory = self.memory.clone();
         let guard = self.inflight.clone();
         tokio::task::spawn_blocking(move || {
             let _guard = guard;
-            f(&memory)
+            span.in_scope(|| f(&memory))
         })
         .await
         .map_err(|e| Status::internal(format!("request task failed: {e}")))?
@@ -210,8 +249,9 @@ impl pb::memory_server::Memory for MemoryService {
         let req = req.into_inner();
         let scope = convert::scope(req.scope)?;
         let messages = convert::messages(req.messages, &self.memory.config().limits)?;
+        let span = request_span("Remember", &scope);
         let done = self
-            .blocking(move |m| m.remember(&scope, &messages))
+            .blocking(span, move |m| m.remember(&scope, &messages))
             .await?;
         Ok(Response::new(convert::remembered(done)))
     }
@@ -228,8 +268,9 @@ impl pb::memory_server::Memory for MemoryService {
         let budget = convert::budget(req.budget);
         let cancel = Arc::new(AtomicBool::new(false));
         let _cancel_on_drop = CancelOnDrop(cancel.clone());
+        let span = request_span("Recall", &scope);
         let items = self
-            .blocking(move |m| match mode {
+            .blocking(span, move |m| match mode {
                 RecallMode::Optical => {
                     m.recall_stream(&scope, &selector, budget, cancel, |_| Control::Continue)
                 }
@@ -274,9 +315,11 @@ impl pb::memory_server::Memory for MemoryService {
                 _ = decoding => {}
             }
         });
+        let span = request_span("RecallStream", &scope);
         tokio::task::spawn_blocking(move || {
             let _guard = guard;
             let _finished = finished;
+            let _enter = span.enter();
             stream_recall(&memory, &scope, &selector, budget, cancel, &tx);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -293,13 +336,17 @@ impl pb::memory_server::Memory for MemoryService {
         } else {
             Forget::Memories(convert::memory_ids(&req.memory_ids)?)
         };
-        let report = self.blocking(move |m| m.forget(&scope, &what)).await?;
+        let span = request_span("Forget", &scope);
+        let report = self
+            .blocking(span, move |m| m.forget(&scope, &what))
+            .await?;
         Ok(Response::new(convert::forgotten(report)))
     }
 
     async fn age(&self, req: Request<pb::AgeRequest>) -> Result<Response<pb::AgeResponse>, Status> {
         let scope = convert::opt_scope(req.into_inner().scope)?;
-        let report = self.blocking(move |m| m.age(scope.as_ref())).await?;
+        let span = request_span("Age", &ScopeOrAll(scope.as_ref()));
+        let report = self.blocking(span, move |m| m.age(scope.as_ref())).await?;
         Ok(Response::new(pb::AgeResponse {
             aged: report.aged.iter().map(convert::aged).collect(),
             skipped: report.skipped as u32,
@@ -311,7 +358,10 @@ impl pb::memory_server::Memory for MemoryService {
         req: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
         let scope = convert::opt_scope(req.into_inner().scope)?;
-        let stats = self.blocking(move |m| m.stats(scope.as_ref())).await?;
+        let span = request_span("Stats", &ScopeOrAll(scope.as_ref()));
+        let stats = self
+            .blocking(span, move |m| m.stats(scope.as_ref()))
+            .await?;
         Ok(Response::new(convert::stats(stats)))
     }
 }
