@@ -1,9 +1,11 @@
 //! `optimem serve` flags (issue 5): a store made by another model is refused with a clear error under
 //! `--on-model-change refuse`, and the refusal leaves the store as it was; bad durations are rejected by name.
+//! The client verbs (issue 6) against a running `optimem serve`: remember, recall, stats, forget, and their errors.
 
 mod common;
 
-use std::process::Command;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
 
 use optimem_store::{OnModelMismatch, OpenOptions, SledStore, StoreError};
 
@@ -66,4 +68,169 @@ fn serve_rejects_a_bad_age_period() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("--age-every"), "{bad}: {err}");
     }
+}
+
+/// A running `optimem serve` on a free port; killed when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `optimem serve --addr 127.0.0.1:0` with the fixture model and reads the bound address from its log.
+fn start_server(dir: &std::path::Path) -> Server {
+    let model = dir.join("model");
+    std::fs::create_dir(&model).expect("mkdir");
+    common::fixture_model_dir(&model);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_optimem"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--data"])
+        .arg(dir.join("data"))
+        .arg("--model")
+        .arg(&model)
+        .env("OPTIMEM_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("serve logs its address before it exits")
+            .expect("utf-8 log");
+        if let Some(at) = line.find("addr=") {
+            let addr: String = line[at + 5..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                .collect();
+            break addr;
+        }
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    Server { child, addr }
+}
+
+/// Runs a client verb against `server` with `stdin`; returns (success, stdout, stderr).
+fn client(server: &Server, args: &[&str], stdin: &str) -> (bool, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_optimem"))
+        .args(args)
+        .args(["--addr", &server.addr])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("client runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("client ends");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn client_verbs_talk_to_a_running_server() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = start_server(tmp.path());
+    let chat = concat!(
+        r#"{"role":"user","content":"Where did the nightly build fail?"}"#,
+        "\n",
+        r#"{"role":"assistant","content":"In the linker: it ran out of memory."}"#,
+        "\n"
+    );
+
+    let (ok, ids, err) = client(&server, &["remember", "--session", "s1"], chat);
+    assert!(ok, "remember: {err}");
+    assert_eq!(ids.lines().count(), 2, "one memory id per message: {ids}");
+    assert!(err.contains("compression ratio"), "{err}");
+    let (ok, _, err) = client(
+        &server,
+        &["remember", "--session", "s1", "--text"],
+        "A plain-text note.",
+    );
+    assert!(ok, "remember --text: {err}");
+
+    let (ok, text, err) = client(
+        &server,
+        &[
+            "recall",
+            "--session",
+            "s1",
+            "--last",
+            "3",
+            "--mode",
+            "exact",
+        ],
+        "",
+    );
+    assert!(ok, "recall: {err}");
+    for said in ["nightly build", "ran out of memory", "plain-text note"] {
+        assert!(text.contains(said), "recall exact has {said:?}: {text}");
+    }
+    // Another session sees nothing of s1.
+    let (ok, text, err) = client(
+        &server,
+        &[
+            "recall",
+            "--session",
+            "s2",
+            "--last",
+            "3",
+            "--mode",
+            "exact",
+        ],
+        "",
+    );
+    assert!(ok, "recall of an empty session: {err}");
+    assert!(!text.contains("nightly"), "{text}");
+
+    let (ok, stats, err) = client(&server, &["stats", "--session", "s1"], "");
+    assert!(
+        ok && stats.contains("pages") && stats.contains("memories: 3,"),
+        "stats: {err} {stats}"
+    );
+
+    // Bad input: a non-zero exit with the server's reason, and nothing changed.
+    let (ok, _, err) = client(&server, &["remember", "--session", "s1"], "{not json}\n");
+    assert!(!ok && err.contains("line 1"), "malformed chat: {err}");
+    let (ok, _, err) = client(&server, &["recall", "--last", "1", "--mode", "exact"], "");
+    assert!(
+        !ok && !err.is_empty(),
+        "recall without a scope fails: {err}"
+    );
+
+    let (ok, out, err) = client(&server, &["forget", "--session", "s1"], "");
+    assert!(
+        ok && out.contains("forgot 3 memories"),
+        "forget: {err} {out}"
+    );
+    let (ok, text, _) = client(
+        &server,
+        &[
+            "recall",
+            "--session",
+            "s1",
+            "--last",
+            "3",
+            "--mode",
+            "exact",
+        ],
+        "",
+    );
+    assert!(ok && !text.contains("nightly"), "forgotten: {text}");
 }
