@@ -83,8 +83,9 @@ impl Drop for Server {
     }
 }
 
-/// Starts `optimem serve --addr 127.0.0.1:0` with the fixture model and reads the bound address from its log.
-fn start_server(dir: &std::path::Path) -> Server {
+/// Starts `optimem serve --addr 127.0.0.1:0 --encode sync` and `extra` flags with the fixture model, and reads the bound
+/// address from its log.
+fn start_server(dir: &std::path::Path, extra: &[&str]) -> Server {
     let model = dir.join("model");
     std::fs::create_dir(&model).expect("mkdir");
     common::fixture_model_dir(&model);
@@ -93,6 +94,8 @@ fn start_server(dir: &std::path::Path) -> Server {
         .arg(dir.join("data"))
         .arg("--model")
         .arg(&model)
+        .args(["--encode", "sync"])
+        .args(extra)
         .env("OPTIMEM_LOG", "info")
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
@@ -146,7 +149,7 @@ fn client(server: &Server, args: &[&str], stdin: &str) -> (bool, String, String)
 #[test]
 fn client_verbs_talk_to_a_running_server() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let server = start_server(tmp.path());
+    let server = start_server(tmp.path(), &[]);
     let chat = concat!(
         r#"{"role":"user","content":"Where did the nightly build fail?"}"#,
         "\n",
@@ -201,7 +204,7 @@ fn client_verbs_talk_to_a_running_server() {
 
     let (ok, stats, err) = client(&server, &["stats", "--session", "s1"], "");
     assert!(
-        ok && stats.contains("pages") && stats.contains("memories: 3,"),
+        ok && stats.contains("memories: 3,") && token_bytes(&stats) > 0,
         "stats: {err} {stats}"
     );
 
@@ -233,4 +236,75 @@ fn client_verbs_talk_to_a_running_server() {
         "",
     );
     assert!(ok && !text.contains("nightly"), "forgotten: {text}");
+}
+
+/// `bytes_tokens` from the Debug print of `optimem stats`.
+fn token_bytes(stats: &str) -> u64 {
+    let at = stats
+        .find("bytes_tokens: ")
+        .expect("stats print bytes_tokens")
+        + "bytes_tokens: ".len();
+    stats[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a number")
+}
+
+#[test]
+fn serve_stores_int8_tokens_and_no_source_when_asked() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let chat = r#"{"role":"user","content":"Where did the nightly build fail? In the linker, out of memory."}"#;
+    let mut bytes = Vec::new();
+    for (name, flags) in [
+        ("f16", &[][..]),
+        (
+            "int8",
+            &["--tokens", "int8", "--no-source", "--flush-every", "200ms"][..],
+        ),
+    ] {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir(&dir).expect("mkdir");
+        let server = start_server(&dir, flags);
+        let (ok, _, err) = client(&server, &["remember", "--session", "s"], chat);
+        assert!(ok, "{name} remember: {err}");
+        let (ok, stats, err) = client(&server, &["stats", "--session", "s"], "");
+        assert!(ok, "{name} stats: {err}");
+        bytes.push(token_bytes(&stats));
+        let (ok, text, err) = client(
+            &server,
+            &["recall", "--session", "s", "--last", "1", "--mode", "exact"],
+            "",
+        );
+        if name == "f16" {
+            assert!(ok && text.contains("nightly build"), "{err} {text}");
+        } else {
+            assert!(
+                !ok && err.contains("source"),
+                "no source kept: {err} {text}"
+            );
+            // The raster and the tokens are there.
+            let (ok, out, err) = client(
+                &server,
+                &[
+                    "recall",
+                    "--session",
+                    "s",
+                    "--last",
+                    "1",
+                    "--mode",
+                    "embeddings",
+                ],
+                "",
+            );
+            assert!(ok && !out.is_empty(), "{err}");
+        }
+    }
+    // int8 with a scale per row: about half of f16's two bytes per value.
+    assert!(
+        bytes[1] * 10 < bytes[0] * 6 && bytes[1] > 0,
+        "token bytes f16 {} vs int8 {}",
+        bytes[0],
+        bytes[1]
+    );
 }

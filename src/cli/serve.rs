@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use optimem::engine::{DEFAULT_NICE, DEFAULT_QUEUE, Engine, EngineConfig};
 use optimem::memory::{DEFAULT_MAX_PENDING, EncodeMode, Limits, Memory, MemoryConfig, TierPolicy};
 use optimem::service::{AuthToken, ServerConfig};
-use optimem_store::{OnModelMismatch, OpenOptions, SledStore, StoreError};
+use optimem_store::{Durability, OnModelMismatch, OpenOptions, SledStore, StoreError, TokenDtype};
 
 /// How the model shares the CPU and which tiers new pages are stored at: the flags `serve` and `bench service` share.
 #[derive(clap::Args, Clone, Debug)]
@@ -111,6 +111,25 @@ pub struct ServeArgs {
     /// With --encode background: pages that may wait for their tokens; beyond it Remember gets RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = DEFAULT_MAX_PENDING)]
     max_pending: usize,
+    /// How vision tokens are stored: f16, or int8 with one f32 scale per row (about half the bytes; see
+    /// `bench memory` for its precision cost).
+    #[arg(long, value_enum, default_value_t = Tokens::F16)]
+    tokens: Tokens,
+    /// Do not keep the source text of new pages (retention policy): EXACT recall of them then fails with
+    /// FAILED_PRECONDITION, and only the raster and the vision tokens remember what was said.
+    #[arg(long)]
+    no_source: bool,
+    /// 0 (the default): every write is flushed to disk before it is acknowledged. A period (e.g. 500ms): writes are
+    /// acknowledged once applied and flushed that often, so a crash may lose the last period's writes, each one whole.
+    #[arg(long, default_value = "0", value_parser = super::parse_duration)]
+    flush_every: Duration,
+}
+
+/// How `serve --tokens` stores vision tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Tokens {
+    F16,
+    Int8,
 }
 
 pub fn serve(a: ServeArgs) -> Result<()> {
@@ -138,6 +157,16 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             OnModelChange::Reencode => OnModelMismatch::Reencode,
             OnModelChange::Refuse => OnModelMismatch::Refuse,
         },
+        durability: if a.flush_every.is_zero() {
+            Durability::Flush
+        } else {
+            Durability::Background {
+                every_ms: u64::try_from(a.flush_every.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            }
+        },
+        keep_source: !a.no_source,
         ..OpenOptions::new(engine.model_id())
     };
     let store = match SledStore::open(&a.data, opts) {
@@ -188,6 +217,10 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         },
         encode: a.encode.into(),
         max_pending: a.max_pending,
+        token_dtype: match a.tokens {
+            Tokens::F16 => TokenDtype::F16,
+            Tokens::Int8 => TokenDtype::Int8RowScale,
+        },
         ..MemoryConfig::default()
     };
     let memory = Arc::new(Memory::new(Arc::new(store), Arc::new(engine), cfg)?);
