@@ -14,12 +14,12 @@
 //! 8 kills by default (the child loads the model each time); `OPTIMEM_CRASH_ITERS=100` for the full run.
 
 mod common;
+#[path = "../store/tests/common/kill.rs"]
+mod kill;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::io::Write;
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use optimem::engine::{Engine, EngineConfig};
@@ -229,63 +229,22 @@ impl Expected {
     }
 }
 
-/// Runs one child, kills it at a random moment after it is ready, and returns its stdout lines.
+/// Runs one child, kills it `wait_ms` after it is ready, and returns its stdout lines.
 fn run_child(
     dir: &std::path::Path,
     seed: u64,
     wait_ms: u64,
 ) -> Result<Vec<String>, Box<dyn std::error::Error>> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .args([
-            "memory_kill_and_reopen",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(DIR_ENV, dir)
-        .env("OPTIMEM_CRASH_SEED", seed.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stdout = child.stdout.take().ok_or("child has no stdout")?;
-    let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut lines = Vec::new();
-    // libtest prints "test NAME ... " without a newline first, so READY ends a line.
-    while !lines.last().is_some_and(|l: &String| l.ends_with("READY")) {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) => lines.push(line),
-            Err(_) => {
-                let _ = child.kill();
-                let out = child.wait_with_output()?;
-                return Err(format!(
-                    "child never got ready: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                )
-                .into());
-            }
-        }
-    }
-    std::thread::sleep(Duration::from_millis(wait_ms));
-    child.kill()?; // SIGKILL on Unix
-    let out = child.wait_with_output()?;
-    reader.join().map_err(|_| "reader thread panicked")?;
-    lines.extend(rx.try_iter());
-    if out.status.success() {
-        return Err(format!(
-            "child exited by itself: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    Ok(lines)
+    let seed = seed.to_string();
+    kill::run_and_kill(
+        "memory_kill_and_reopen",
+        &[
+            (DIR_ENV, dir.as_os_str()),
+            ("OPTIMEM_CRASH_SEED", seed.as_ref()),
+        ],
+        Duration::from_secs(120),
+        Duration::from_millis(wait_ms),
+    )
 }
 
 #[test]

@@ -168,37 +168,13 @@ fn client_verbs_talk_to_a_running_server() {
     );
     assert!(ok, "remember --text: {err}");
 
-    let (ok, text, err) = client(
-        &server,
-        &[
-            "recall",
-            "--session",
-            "s1",
-            "--last",
-            "3",
-            "--mode",
-            "exact",
-        ],
-        "",
-    );
+    let (ok, text, err) = recall_exact(&server, "s1");
     assert!(ok, "recall: {err}");
     for said in ["nightly build", "ran out of memory", "plain-text note"] {
         assert!(text.contains(said), "recall exact has {said:?}: {text}");
     }
     // Another session sees nothing of s1.
-    let (ok, text, err) = client(
-        &server,
-        &[
-            "recall",
-            "--session",
-            "s2",
-            "--last",
-            "3",
-            "--mode",
-            "exact",
-        ],
-        "",
-    );
+    let (ok, text, err) = recall_exact(&server, "s2");
     assert!(ok, "recall of an empty session: {err}");
     assert!(!text.contains("nightly"), "{text}");
 
@@ -222,20 +198,25 @@ fn client_verbs_talk_to_a_running_server() {
         ok && out.contains("forgot 3 memories"),
         "forget: {err} {out}"
     );
-    let (ok, text, _) = client(
-        &server,
+    let (ok, text, _) = recall_exact(&server, "s1");
+    assert!(ok && !text.contains("nightly"), "forgotten: {text}");
+}
+
+/// `optimem recall --mode exact` of the last 3 pages of `session`.
+fn recall_exact(server: &Server, session: &str) -> (bool, String, String) {
+    client(
+        server,
         &[
             "recall",
             "--session",
-            "s1",
+            session,
             "--last",
             "3",
             "--mode",
             "exact",
         ],
         "",
-    );
-    assert!(ok && !text.contains("nightly"), "forgotten: {text}");
+    )
 }
 
 /// `bytes_tokens` from the Debug print of `optimem stats`.

@@ -15,13 +15,11 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::io::Write;
+use std::time::Duration;
 
 use common::{
-    Rng, check_scope, new_memory, next_blurrier, source_nonce, stamped_page, stamped_update,
+    Rng, check_scope, kill, new_memory, next_blurrier, source_nonce, stamped_page, stamped_update,
 };
 use optimem_store::{
     OpenOptions, PageId, PageParts, PageSelector, ReplaceLast, Scope, SledStore, Store, WritePages,
@@ -229,58 +227,15 @@ fn run_child(
     dir: &std::path::Path,
     rng: &mut Rng,
 ) -> Result<Vec<String>, Box<dyn std::error::Error>> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .args([
-            "crash_kill_and_reopen",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, "write_age_forget")
-        .env(DIR_ENV, dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stdout = child.stdout.take().ok_or("child has no stdout")?;
-    let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    // libtest prints "test NAME ... " without a newline before the test body runs, so the
-    // child's READY ends a line rather than being one.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut lines = Vec::new();
-    while !lines.last().is_some_and(|l: &String| l.ends_with("READY")) {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) => lines.push(line),
-            Err(_) => {
-                let _ = child.kill();
-                let out = child.wait_with_output()?;
-                return Err(format!(
-                    "child never got ready: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                )
-                .into());
-            }
-        }
-    }
-    std::thread::sleep(Duration::from_millis(5 + rng.below(150)));
-    child.kill()?; // SIGKILL on Unix
-    let out = child.wait_with_output()?;
-    reader.join().map_err(|_| "reader thread panicked")?;
-    lines.extend(rx.try_iter());
-    if out.status.success() {
-        return Err(format!(
-            "child exited by itself: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    Ok(lines)
+    kill::run_and_kill(
+        "crash_kill_and_reopen",
+        &[
+            (CHILD_ENV, "write_age_forget".as_ref()),
+            (DIR_ENV, dir.as_os_str()),
+        ],
+        Duration::from_secs(60),
+        Duration::from_millis(5 + rng.below(150)),
+    )
 }
 
 #[test]

@@ -9,6 +9,8 @@
 
 use std::collections::BTreeMap;
 
+pub mod kill;
+
 use optimem_store::{
     MemoryId, NewMemory, NewPage, Page, PageParts, PageSelector, PageUpdate, Scope, Span, Store,
     Tier, TokenDtype, VisionTokens,
