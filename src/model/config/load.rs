@@ -6,10 +6,11 @@
 
 use std::path::Path;
 
-use candle_core::{D, DType, Device, Module, Shape, Tensor};
+use candle_core::{DType, Device, Module, Shape, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::model::error::{ModelError, Result};
+use crate::model::kernels::matmul_t;
 
 /// Reads and parses `dir/config.json`.
 pub fn read_config_json(dir: &Path) -> Result<serde_json::Value> {
@@ -110,31 +111,38 @@ fn full_name(vb: &VarBuilder, name: &str) -> String {
     }
 }
 
-/// A `Linear` layer with a TRACE span, as candle's `with_tracing`.
+/// A `Linear` layer (`weight` `[out, in]`, optional `bias`) with a TRACE span, as candle's `with_tracing`; the
+/// encoder's and the decoder's.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    inner: candle_nn::Linear,
+    weight: Tensor,
+    bias: Option<Tensor>,
     span: tracing::Span,
 }
 
 impl Linear {
-    /// `x · Wᵀ + b` over the last dimension, as one 2-D GEMM on the rows of a contiguous `x`.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self {
+            weight,
+            bias,
+            span: tracing::span!(tracing::Level::TRACE, "linear"),
+        }
+    }
+
+    /// `x · Wᵀ + b` over the last dimension, as one 2-D GEMM on the rows of a contiguous `x` ([`matmul_t`]).
     ///
     /// candle's `Linear` multiplies a 3-D input by a batch-broadcast (stride-0) transposed weight; that, or an
     /// input whose layout came out of a concatenation, is rejected by the CUDA matmul ("only supported for
     /// contiguous tensors", seen on the H200 with Gundam's tile batch). Flattening the leading dimensions of a
-    /// contiguous input gives every backend a plain GEMM.
+    /// contiguous input gives every backend a plain GEMM. A bf16 weight on the CPU (the decoder's, see
+    /// `kernels::compact_bf16`) takes the bf16 kernel of [`matmul_t`].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _enter = self.span.enter();
-        let last = x.dim(D::Minus1)?;
-        let lead = &x.dims()[..x.rank() - 1];
-        let rows: usize = lead.iter().product();
-        let y = self
-            .inner
-            .forward(&x.contiguous()?.reshape((rows, last))?)?;
-        let mut out = lead.to_vec();
-        out.push(y.dim(1)?);
-        Ok(y.reshape(out)?)
+        let y = matmul_t(x, &self.weight)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
     }
 }
 
@@ -146,10 +154,7 @@ pub fn linear(vb: &VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Res
     } else {
         None
     };
-    Ok(Linear {
-        inner: candle_nn::Linear::new(w, b),
-        span: tracing::span!(tracing::Level::TRACE, "linear"),
-    })
+    Ok(Linear::new(w, b))
 }
 
 /// A LayerNorm over the last dimension with a TRACE span.

@@ -4,7 +4,8 @@ use candle_core::{DType, Shape, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::model::ModelError;
-use crate::model::kernels::{compact_bf16, matmul_t};
+pub(crate) use crate::model::config::Linear;
+use crate::model::kernels::compact_bf16;
 
 /// Loads `name` under `vb` with the expected shape; a missing or misshaped tensor is an error that
 /// names the full checkpoint path.
@@ -49,33 +50,14 @@ pub(crate) fn linear(
     } else {
         None
     };
-    Linear::new(w, b)
+    decoder_linear(w, b)
 }
 
-/// `nn.Linear` of the decoder: `x · Wᵀ (+ b)` through [`matmul_t`]. On the CPU a weight whose f32 values are all
-/// bf16 values (a bf16 checkpoint, official or bundled) is kept in bf16: the same numbers in half the memory, and
-/// half the bytes read per decoded token.
-#[derive(Debug, Clone)]
-pub struct Linear {
-    weight: Tensor,
-    bias: Option<Tensor>,
-}
-
-impl Linear {
-    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self, ModelError> {
-        Ok(Self {
-            weight: compact_bf16(weight)?,
-            bias,
-        })
-    }
-
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
-        let y = matmul_t(x, &self.weight)?;
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        })
-    }
+/// A decoder `nn.Linear`. On the CPU a weight whose f32 values are all bf16 values (a bf16 checkpoint, official or
+/// bundled) is kept in bf16 (`compact_bf16`): the same numbers in half the memory, and half the bytes read per
+/// decoded token. The encoder keeps f32: its GEMMs are compute-bound.
+pub(crate) fn decoder_linear(weight: Tensor, bias: Option<Tensor>) -> Result<Linear, ModelError> {
+    Ok(Linear::new(compact_bf16(weight)?, bias))
 }
 
 /// `DeepseekV2RMSNorm`: `weight * (x_f32 * rsqrt(mean(x_f32²) + eps)).to(input dtype)`.

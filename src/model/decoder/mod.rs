@@ -27,7 +27,7 @@ pub use kv_cache::KvCache;
 
 use crate::model::ModelError;
 use attention::{Attention, CausalMasks};
-use layers::{Linear, Mlp, RmsNorm, weight};
+use layers::{Linear, Mlp, RmsNorm, decoder_linear, weight};
 use moe::{Dispatch, Moe};
 use rope::RotaryEmbedding;
 
@@ -114,9 +114,9 @@ impl DeepseekOcrDecoder {
             .map(|i| DecoderLayer::new(cfg, i, &vm.pp(format!("layers.{i}"))))
             .collect::<Result<Vec<_>, _>>()?;
         let lm_head = if cfg.tie_word_embeddings {
-            Linear::new(embed.clone(), None)?
+            decoder_linear(embed.clone(), None)?
         } else {
-            Linear::new(weight(&vb.pp("lm_head"), (v, h), "weight")?, None)?
+            decoder_linear(weight(&vb.pp("lm_head"), (v, h), "weight")?, None)?
         };
         Ok(Self {
             embed_tokens: Embedding::new(embed, h),
