@@ -288,26 +288,17 @@ fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
-/// `out[r, j] = x[r, ..] · w[j, ..]` for the weight rows `w` (bf16, `k` wide) of one task: each row is
-/// widened to f32 once (exact) into `buf` and dotted with every row of `x` (`m × k`). `out` is
-/// `m × n_total`, `j0` the first weight row of this task.
+/// `out[r, j] = x[r, ..] · w[j, ..]` for the weight rows `w` (bf16, `k` wide, `n` rows) of one task: each row
+/// is widened to f32 once (exact) into `buf` and dotted with every row of `x` (`m × k`). `out` is `m × n`.
 #[inline(always)]
-fn bf16_rows_times(
-    x: &[f32],
-    w: &[bf16],
-    k: usize,
-    buf: &mut [f32],
-    out: &mut [f32],
-    j0: usize,
-    n_total: usize,
-) {
-    let m = x.len() / k;
-    for (jj, row) in w.chunks_exact(k).enumerate() {
+fn bf16_rows_times(x: &[f32], w: &[bf16], k: usize, buf: &mut [f32], out: &mut [f32]) {
+    let (m, n) = (x.len() / k, w.len() / k);
+    for (j, row) in w.chunks_exact(k).enumerate() {
         for (b, &v) in buf.iter_mut().zip(row) {
             *b = f32::from_bits(u32::from(v.to_bits()) << 16);
         }
         for r in 0..m {
-            out[r * n_total + j0 + jj] = dot_lanes(&x[r * k..(r + 1) * k], buf);
+            out[r * n + j] = dot_lanes(&x[r * k..(r + 1) * k], buf);
         }
     }
 }
@@ -355,7 +346,7 @@ impl CustomOp2 for MatmulBf16T {
                 let rows = wt.len() / k;
                 let mut local = vec![0f32; m * rows];
                 let mut buf = vec![0f32; k];
-                with_avx2!(bf16_rows_times(x, wt, k, &mut buf, &mut local, 0, rows));
+                with_avx2!(bf16_rows_times(x, wt, k, &mut buf, &mut local));
                 (t * rows_per_task, local)
             })
             .collect();

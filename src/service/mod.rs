@@ -180,15 +180,16 @@ pub struct MemoryService {
 /// such a (trailers-only) response is rewritten. Statuses sent later in a stream's trailers are never OUT_OF_RANGE.
 fn size_limit_is_exhaustion<B>(mut res: http::Response<B>) -> http::Response<B> {
     let headers = res.headers_mut();
-    let out_of_range = (tonic::Code::OutOfRange as i32).to_string();
-    if headers
+    // Only an error response (trailers-only) carries its status in the headers: a success reads nothing here.
+    let code = headers
         .get("grpc-status")
-        .is_some_and(|v| v.as_bytes() == out_of_range.as_bytes())
-    {
-        let exhausted = (tonic::Code::ResourceExhausted as i32).to_string();
-        if let Ok(v) = http::HeaderValue::from_str(&exhausted) {
-            headers.insert("grpc-status", v);
-        }
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok());
+    if code == Some(tonic::Code::OutOfRange as i32) {
+        headers.insert(
+            "grpc-status",
+            http::HeaderValue::from(tonic::Code::ResourceExhausted as i32),
+        );
     }
     res
 }
