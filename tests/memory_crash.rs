@@ -14,8 +14,9 @@
 //! 8 kills by default (the child loads the model each time); `OPTIMEM_CRASH_ITERS=100` for the full run.
 
 mod common;
-#[path = "../store/tests/common/kill.rs"]
-mod kill;
+// The store's crash-test helpers: the kill harness and the seeded generator.
+#[path = "../store/tests/common/mod.rs"]
+mod store_common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -28,6 +29,7 @@ use optimem::memory::{
     Recalled, Selector,
 };
 use optimem_store::{MemoryId, OpenOptions, Scope, SledStore, Tier as StoreTier};
+use store_common::Rng;
 
 const DIR_ENV: &str = "OPTIMEM_MEMORY_CRASH_DIR";
 /// Past this many pages in a scope the child forgets the scope.
@@ -84,14 +86,8 @@ fn child(dir: &std::path::Path, seed: u64) -> TestResult {
     let memory = open(dir)?;
     let _encoder = Encoder::start(memory.clone())?;
     let scopes = scopes();
-    let mut rng = seed;
-    let mut next = move |n: u64| {
-        // xorshift64*
-        rng ^= rng >> 12;
-        rng ^= rng << 25;
-        rng ^= rng >> 27;
-        rng.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    };
+    let mut rng = Rng::new(seed);
+    let mut next = |n: u64| rng.below(n);
     say("READY");
     for k in 0.. {
         let s = next(2) as usize;
@@ -236,7 +232,7 @@ fn run_child(
     wait_ms: u64,
 ) -> Result<Vec<String>, Box<dyn std::error::Error>> {
     let seed = seed.to_string();
-    kill::run_and_kill(
+    store_common::kill::run_and_kill(
         "memory_kill_and_reopen",
         &[
             (DIR_ENV, dir.as_os_str()),
@@ -263,16 +259,13 @@ fn memory_kill_and_reopen() -> TestResult {
     let model = dir.join("model");
     std::fs::create_dir(&model)?;
     common::fixture_model_dir(&model);
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_nanos() as u64
-        | 1;
+    let (mut rng, seed) = Rng::from_time();
     let mut expected = Expected::default();
     let (mut acks, mut checked, mut aged, mut forgot) = (0usize, 0usize, 0usize, 0usize);
     for i in 0..iters {
         // Kills from a few milliseconds to over a second in: mid-render, mid-write, mid-encode, mid-age.
-        let wait = 5 + (seed.rotate_left(i as u32 * 7) % 1500);
-        let lines = run_child(dir, seed.wrapping_add(i * 1_000_003), wait)?;
+        let wait = 5 + rng.below(1500);
+        let lines = run_child(dir, rng.next(), wait)?;
         for line in &lines {
             acks += usize::from(line.starts_with("ACK"));
             aged += usize::from(line.ends_with("AGED"));

@@ -1,6 +1,8 @@
 //! Helpers shared by the crash and concurrency tests: pages whose raster, tokens and source
 //! all carry the same stamp (a nonce and the tier), so that a page made of parts from two
 //! different writes — half-written or half-aged — is caught even if each part is intact.
+//! The memory layer's crash test (`tests/memory_crash.rs`) includes this module through `#[path]` for its
+//! generator and the kill harness.
 
 #![allow(
     dead_code,
