@@ -366,7 +366,7 @@ impl CustomOp2 for MatmulBf16T {
 ///
 /// A bf16 `w` with an f32 `x` on the CPU takes [`MatmulBf16T`] for up to [`BF16_KERNEL_MAX_ROWS`] rows and
 /// candle's GEMM on an f32 copy of `w` beyond; every other pairing is candle's matmul as `candle_nn::Linear`
-/// does it.
+/// does it (mismatched dtypes are its error, not a silent conversion on every call).
 pub(crate) fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let last = x.dim(candle_core::D::Minus1)?;
     let lead = &x.dims()[..x.rank() - 1];
@@ -381,7 +381,7 @@ pub(crate) fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
             x2.matmul(&w.to_dtype(DType::F32)?.t()?)?
         }
     } else {
-        x2.matmul(&w.to_dtype(x.dtype())?.t()?)?
+        x2.matmul(&w.t()?)?
     };
     Ok(y.reshape(out_dims)?)
 }
