@@ -647,40 +647,38 @@ mod tests {
         lanes.iter().sum::<f32>() + tail
     }
 
-    #[test]
-    fn bf16_kernel_blocks_give_the_single_dot_products_bit_for_bit() -> Result<()> {
-        let dev = Device::Cpu;
-        // Row counts around the 4 × 2 blocks and widths around the lanes.
-        for (m, k, n) in [
-            (1usize, 16usize, 4usize),
-            (2, 19, 7),
-            (3, 8, 9),
-            (5, 37, 13),
-            (16, 3, 30),
-        ] {
-            let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
-            let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?.to_dtype(DType::BF16)?;
-            let got = matmul_t(&x, &w)?.to_vec2::<f32>()?;
-            let (xv, wv) = (
-                x.to_vec2::<f32>()?,
-                w.to_dtype(DType::F32)?.to_vec2::<f32>()?,
-            );
-            // The portable loops, called directly (matmul_t takes AVX2 where the CPU has it).
-            let xf = x.flatten_all()?.to_vec1::<f32>()?;
-            let wb = w.flatten_all()?.to_vec1::<bf16>()?;
-            let mut portable = vec![0f32; m * n];
-            let mut buf = vec![0f32; BLOCK_W * k];
-            bf16_rows_times(PortableDots, &xf, &wb, k, &mut buf, &mut portable);
-            for r in 0..m {
-                for j in 0..n {
-                    let want = lane_dot(&xv[r], &wv[j]).to_bits();
-                    assert_eq!(got[r][j].to_bits(), want, "{m}x{k}x{n} at ({r}, {j})");
-                    assert_eq!(
-                        portable[r * n + j].to_bits(),
-                        want,
-                        "portable, {m}x{k}x{n} at ({r}, {j})"
-                    );
-                }
+    /// Each output of the bf16 kernel, on both of its paths, against the plain sum above, bit for bit.
+    fn check_kernel_bits(x: &Tensor, w: &Tensor, got: &Tensor) -> Result<()> {
+        let (m, k) = x.dims2()?;
+        let n = w.dim(0)?;
+        let (xv, wv) = (
+            x.to_vec2::<f32>()?,
+            w.to_dtype(DType::F32)?.to_vec2::<f32>()?,
+        );
+        let got = got.to_vec2::<f32>()?;
+        // The portable loops, called directly (matmul_t takes AVX2 where the CPU has it).
+        let mut portable = vec![0f32; m * n];
+        let (xf, wb) = (
+            x.flatten_all()?.to_vec1::<f32>()?,
+            w.flatten_all()?.to_vec1::<bf16>()?,
+        );
+        bf16_rows_times(
+            PortableDots,
+            &xf,
+            &wb,
+            k,
+            &mut vec![0f32; BLOCK_W * k],
+            &mut portable,
+        );
+        for r in 0..m {
+            for j in 0..n {
+                let want = lane_dot(&xv[r], &wv[j]).to_bits();
+                assert_eq!(got[r][j].to_bits(), want, "{m}x{k}x{n} at ({r}, {j})");
+                assert_eq!(
+                    portable[r * n + j].to_bits(),
+                    want,
+                    "portable, {m}x{k}x{n} at ({r}, {j})"
+                );
             }
         }
         Ok(())
@@ -689,23 +687,32 @@ mod tests {
     #[test]
     fn bf16_matmul_equals_f32_matmul_on_the_same_values() -> Result<()> {
         let dev = Device::Cpu;
+        // Row counts around the 4 × 2 blocks, widths around the lanes, and beyond the kernel's rows (GEMM).
         for (m, k, n) in [
             (1usize, 1280usize, 300usize),
+            (1, 16, 4),
+            (2, 19, 7),
             (3, 37, 5),
-            (16, 64, 1000),
-            (17, 8, 9),
+            (3, 8, 9),
+            (5, 37, 13),
+            (16, 3, 30),
+            (17, 64, 1000),
+            (BF16_KERNEL_MAX_ROWS + 1, 8, 9),
         ] {
             let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
             let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?.to_dtype(DType::BF16)?;
             let w32 = w.to_dtype(DType::F32)?;
             let want = x.matmul(&w32.t()?)?;
             let got = matmul_t(&x, &w)?;
-            let d = (got - &want)?
+            let d = (&got - &want)?
                 .abs()?
                 .flatten_all()?
                 .max(0)?
                 .to_scalar::<f32>()?;
             assert!(d < 1e-4 * (k as f32).sqrt(), "{m}x{k}x{n}: {d}");
+            if m <= BF16_KERNEL_MAX_ROWS {
+                check_kernel_bits(&x, &w, &got)?;
+            }
             // A batch of rows as a 3-D input, and a zero-copy row block of a stacked weight.
             let stacked = Tensor::stack(&[&w, &w], 0)?;
             let x3 = x.unsqueeze(0)?;
