@@ -34,7 +34,7 @@ macro_rules! with_avx2 {
     ($body:ident ( $($arg:expr),* $(,)? )) => {{
         #[cfg(target_arch = "x86_64")]
         {
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            if avx2_fma_detected() {
                 // SAFETY: `avx2_fma` only enables instructions the check above found on this CPU.
                 #[allow(unsafe_code)]
                 unsafe { avx2_fma(#[inline(always)] || $body($($arg),*)) }
@@ -47,6 +47,12 @@ macro_rules! with_avx2 {
             $body($($arg),*)
         }
     }};
+}
+
+/// Whether this CPU has AVX2 and FMA, the features [`avx2_fma`] and [`dots_avx2`] are compiled for.
+#[cfg(target_arch = "x86_64")]
+fn avx2_fma_detected() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
 /// Runs `f` (inlined into it) with AVX2 and FMA enabled.
@@ -322,11 +328,12 @@ fn finish_dot(lanes: [f32; LANES], x: &[f32], w: &[f32], full: usize) -> f32 {
 
 /// [`DotBlocks`] in AVX2 registers: `W·X` accumulators that stay in registers, which LLVM's
 /// auto-vectoriser does not reliably achieve for the nested loops of [`PortableDots`] (it kept them on
-/// the stack, one lane at a time, in a release build: 2.5× slower than one plain dot product).
+/// the stack, one lane at a time, in a release build: decoding went 2.5× slower than with the one-row
+/// kernel it replaced).
 /// Fused multiply-adds, exactly the portable loops' `mul_add`, so the results are identical; on this
 /// machine they made a 64-token official-size prefill 0.92–1.36 → 0.72–0.98 s (six alternating pairs)
 /// against a multiply then an add.
-/// A value exists only when this CPU has AVX2 ([`Avx2Dots::detect`]).
+/// A value exists only when this CPU has AVX2 and FMA ([`Avx2Dots::detect`]).
 #[cfg(target_arch = "x86_64")]
 #[derive(Debug, Clone, Copy)]
 struct Avx2Dots(());
@@ -334,8 +341,7 @@ struct Avx2Dots(());
 #[cfg(target_arch = "x86_64")]
 impl Avx2Dots {
     fn detect() -> Option<Self> {
-        (std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"))
-            .then_some(Self(()))
+        avx2_fma_detected().then_some(Self(()))
     }
 }
 
@@ -347,7 +353,7 @@ impl DotBlocks for Avx2Dots {
         ws: [&[f32]; W],
         xs: [&[f32]; X],
     ) -> [[f32; X]; W] {
-        // SAFETY: an `Avx2Dots` is only made by `detect`, which found AVX2 on this CPU.
+        // SAFETY: an `Avx2Dots` is only made by `detect`, which found AVX2 and FMA on this CPU.
         #[allow(unsafe_code)]
         unsafe {
             dots_avx2(ws, xs)
@@ -394,8 +400,8 @@ fn dots_avx2<const W: usize, const X: usize>(ws: [&[f32]; W], xs: [&[f32]; X]) -
 }
 
 /// Weight rows per register block of [`bf16_rows_times`], and rows of `x` per block: 4 × 2 blocks keep
-/// eight accumulators (enough independent adds to keep both FP adders busy) plus the loaded vectors
-/// within the 16 AVX registers.
+/// eight accumulators (enough independent multiply-adds to cover the FMA latency on both pipes) plus
+/// the loaded vectors within the 16 AVX registers.
 const BLOCK_W: usize = 4;
 const BLOCK_X: usize = 2;
 
