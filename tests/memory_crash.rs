@@ -30,6 +30,7 @@ use optimem::memory::{
 };
 use optimem_store::{MemoryId, OpenOptions, Scope, SledStore, Tier as StoreTier};
 use store_common::Rng;
+use store_common::kill::{field, run_and_kill};
 
 const DIR_ENV: &str = "OPTIMEM_MEMORY_CRASH_DIR";
 /// Past this many pages in a scope the child forgets the scope.
@@ -143,10 +144,10 @@ struct Expected {
 impl Expected {
     fn apply(&mut self, line: &str) -> Result<(), String> {
         let w: Vec<&str> = line.split_whitespace().collect();
-        let num = |s: &str| s.parse::<u64>().map_err(|e| format!("{e} in {line:?}"));
+        let num = |s: &str| field::<u64>(Some(s), line);
         match w.as_slice() {
             ["ACK", s, id, k, i] => {
-                let id: MemoryId = id.parse().map_err(|e| format!("{e} in {line:?}"))?;
+                let id: MemoryId = field(Some(id), line)?;
                 self.memories
                     .insert(id, (num(s)? as usize, content(num(k)?, num(i)?)));
             }
@@ -232,7 +233,7 @@ fn run_child(
     wait_ms: u64,
 ) -> Result<Vec<String>, Box<dyn std::error::Error>> {
     let seed = seed.to_string();
-    store_common::kill::run_and_kill(
+    run_and_kill(
         "memory_kill_and_reopen",
         &[
             (DIR_ENV, dir.as_os_str()),

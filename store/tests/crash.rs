@@ -18,8 +18,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::time::Duration;
 
+use common::kill::{field, run_and_kill};
 use common::{
-    Rng, check_scope, kill, new_memory, next_blurrier, source_nonce, stamped_page, stamped_update,
+    Rng, check_scope, new_memory, next_blurrier, source_nonce, stamped_page, stamped_update,
 };
 use optimem_store::{
     OpenOptions, PageId, PageParts, PageSelector, ReplaceLast, Scope, SledStore, Store, WritePages,
@@ -144,14 +145,6 @@ fn child(dir: &str) -> TestResult {
     }
 }
 
-fn field<T: std::str::FromStr<Err: std::fmt::Display>>(
-    word: Option<&str>,
-    line: &str,
-) -> Result<T, String> {
-    let word = word.ok_or_else(|| format!("short line {line:?}"))?;
-    word.parse().map_err(|e| format!("{e} in line {line:?}"))
-}
-
 /// What the parent knows must be durable: page → (generation, tier code) acknowledged.
 #[derive(Default)]
 struct Expected {
@@ -227,7 +220,7 @@ fn run_child(
     dir: &std::path::Path,
     rng: &mut Rng,
 ) -> Result<Vec<String>, Box<dyn std::error::Error>> {
-    kill::run_and_kill(
+    run_and_kill(
         "crash_kill_and_reopen",
         &[
             (CHILD_ENV, "write_age_forget".as_ref()),

@@ -64,3 +64,12 @@ pub fn run_and_kill(
     }
     Ok(lines)
 }
+
+/// Parses one word of a line the child printed; a missing or malformed word is an error naming the line.
+pub fn field<T: std::str::FromStr<Err: std::fmt::Display>>(
+    word: Option<&str>,
+    line: &str,
+) -> Result<T, String> {
+    let word = word.ok_or_else(|| format!("short line {line:?}"))?;
+    word.parse().map_err(|e| format!("{e} in line {line:?}"))
+}
