@@ -53,6 +53,8 @@ pub struct DecoderBenchOptions {
     pub decode_tokens: usize,
     /// Untimed runs before timing (kernel compilation, allocator warm-up).
     pub warmup: usize,
+    /// Timed runs (at least 1): the report gives their median and range, as this machine's timings vary by ±15 %.
+    pub repeat: usize,
     pub dispatch: Dispatch,
     /// Seeds the prompt ids (and the random weights on CUDA).
     pub seed: u64,
@@ -73,6 +75,7 @@ impl DecoderBenchOptions {
             prompt_tokens: 1000,
             decode_tokens: 128,
             warmup: 1,
+            repeat: 1,
             dispatch: Dispatch::Auto,
             seed: 0,
             model: None,
@@ -99,9 +102,15 @@ pub struct DecoderBenchReport {
     pub weight_bytes: usize,
     pub build_s: f64,
     pub prompt_tokens: usize,
+    /// Median of the timed prefills.
     pub prefill_s: f64,
+    /// Every timed prefill, in order.
+    pub prefill_runs_s: Vec<f64>,
     pub decode_tokens: usize,
+    /// Median of the timed decodes.
     pub decode_s: f64,
+    /// Every timed decode, in order.
+    pub decode_runs_s: Vec<f64>,
     /// The batched decode beside it: batch size and seconds for `decode_tokens` steps (None: not run).
     pub batch_decode: Option<(usize, f64)>,
     pub kv_bytes_per_1000_tokens: usize,
@@ -136,10 +145,13 @@ impl DecoderBenchReport {
             "seed": self.seed,
             "warmup": self.warmup,
             "prompt_tokens": self.prompt_tokens,
+            "repeat": self.prefill_runs_s.len(),
             "prefill_s": self.prefill_s,
+            "prefill_runs_s": self.prefill_runs_s,
             "prefill_tokens_per_s": self.prefill_tokens_per_s(),
             "decode_tokens": self.decode_tokens,
             "decode_s": self.decode_s,
+            "decode_runs_s": self.decode_runs_s,
             "decode_tokens_per_s": self.decode_tokens_per_s(),
             "batch": self.batch_decode.map(|(b, _)| b),
             "batch_decode_s": self.batch_decode.map(|(_, s)| s),
@@ -148,6 +160,28 @@ impl DecoderBenchReport {
             "peak_rss_bytes": self.peak_rss_bytes,
         })
     }
+}
+
+/// The median of `runs` (the mean of the middle two for an even count); infinity for none.
+fn median(runs: &[f64]) -> f64 {
+    let mut v = runs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::INFINITY,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// ", median of N, min–max" after a median, or nothing for a single run.
+fn range_note(runs: &[f64]) -> String {
+    if runs.len() < 2 {
+        return String::new();
+    }
+    let (lo, hi) = runs
+        .iter()
+        .fold((f64::INFINITY, 0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+    format!(" (median of {}, {lo:.3}–{hi:.3} s)", runs.len())
 }
 
 impl fmt::Display for DecoderBenchReport {
@@ -172,16 +206,18 @@ impl fmt::Display for DecoderBenchReport {
         )?;
         writeln!(
             f,
-            "  prefill: {} positions in {:.3} s ({:.0} tokens/s)",
+            "  prefill: {} positions in {:.3} s{} ({:.0} tokens/s)",
             self.prompt_tokens,
             self.prefill_s,
+            range_note(&self.prefill_runs_s),
             self.prefill_tokens_per_s()
         )?;
         writeln!(
             f,
-            "  decode:  {} tokens at batch 1 in {:.3} s ({:.1} tokens/s, {:.2} ms/token)",
+            "  decode:  {} tokens at batch 1 in {:.3} s{} ({:.1} tokens/s, {:.2} ms/token)",
             self.decode_tokens,
             self.decode_s,
+            range_note(&self.decode_runs_s),
             self.decode_tokens_per_s(),
             1e3 * self.decode_s / self.decode_tokens.max(1) as f64
         )?;
@@ -333,11 +369,12 @@ pub fn run(opts: &DecoderBenchOptions) -> Result<DecoderBenchRun, ModelError> {
     let mut cache = model.new_cache(1, capacity)?;
     let kept = opts.prompt_tokens.min(LOGITS_KEPT);
 
-    let mut prefill_s = f64::INFINITY;
-    let mut decode_s = f64::INFINITY;
+    let mut prefill_runs_s = Vec::with_capacity(opts.repeat);
+    let mut decode_runs_s = Vec::with_capacity(opts.repeat);
     let mut outputs = None;
     let mut decoded = Vec::with_capacity(opts.decode_tokens);
-    for _ in 0..opts.warmup + 1 {
+    for run in 0..opts.warmup + opts.repeat.max(1) {
+        let timed = run >= opts.warmup;
         cache.reset();
         decoded.clear();
         dev.synchronize()?;
@@ -345,7 +382,9 @@ pub fn run(opts: &DecoderBenchOptions) -> Result<DecoderBenchRun, ModelError> {
         let hidden = model.hidden_states(&prompt, &mut cache)?.squeeze(0)?;
         let logits = model.logits(&hidden.narrow(0, opts.prompt_tokens - kept, kept)?)?;
         let mut next = logits.get(kept - 1)?.argmax(0)?.to_scalar::<u32>()?;
-        prefill_s = t0.elapsed().as_secs_f64();
+        if timed {
+            prefill_runs_s.push(t0.elapsed().as_secs_f64());
+        }
         if outputs.is_none() {
             outputs = Some((hidden, logits));
         }
@@ -357,7 +396,9 @@ pub fn run(opts: &DecoderBenchOptions) -> Result<DecoderBenchRun, ModelError> {
             let logits = model.forward_embeds_last(&x, &mut cache)?;
             next = logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
         }
-        decode_s = t1.elapsed().as_secs_f64();
+        if timed {
+            decode_runs_s.push(t1.elapsed().as_secs_f64());
+        }
     }
     // The same steps at batch B: B copies of the prompt through one cache, each step feeding B tokens.
     let batch_decode = if opts.batch > 1 {
@@ -393,9 +434,11 @@ pub fn run(opts: &DecoderBenchOptions) -> Result<DecoderBenchRun, ModelError> {
         weight_bytes: parameters * opts.dtype.size_in_bytes(),
         build_s,
         prompt_tokens: opts.prompt_tokens,
-        prefill_s,
+        prefill_s: median(&prefill_runs_s),
+        prefill_runs_s,
         decode_tokens: opts.decode_tokens,
-        decode_s,
+        decode_s: median(&decode_runs_s),
+        decode_runs_s,
         batch_decode,
         kv_bytes_per_1000_tokens: cache.bytes_per_position() * 1000,
         dtype: opts.dtype,

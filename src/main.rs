@@ -172,6 +172,9 @@ enum BenchCommand {
         /// Untimed prefill + decode runs before timing.
         #[arg(long, default_value_t = 1)]
         warmup: usize,
+        /// Timed prefill + decode runs; the report gives their median and range.
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
         /// Model directory (config.json + *.safetensors, official layout) to load the decoder from (default:
         /// official-size random weights).
         #[arg(long, value_name = "DIR")]
@@ -281,14 +284,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             decode_tokens,
             batch,
             warmup,
+            repeat,
             model,
             seed,
             dump,
             json,
         }) => {
             anyhow::ensure!(
-                prompt_tokens > 0 && decode_tokens > 0,
-                "--prompt-tokens and --decode-tokens must be at least 1"
+                prompt_tokens > 0 && decode_tokens > 0 && repeat > 0,
+                "--prompt-tokens, --decode-tokens and --repeat must be at least 1"
             );
             let (device, dtype) = cli::ocr::device()?;
             let mut opts = match &model {
@@ -300,6 +304,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             opts.decode_tokens = decode_tokens;
             opts.batch = batch;
             opts.warmup = warmup;
+            opts.repeat = repeat;
             opts.seed = seed;
             let run = optimem::bench_decoder::run(&opts).with_context(|| match &model {
                 Some(dir) => format!("decoder bench with the weights in {}", dir.display()),

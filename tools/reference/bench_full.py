@@ -39,6 +39,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import struct
 import subprocess
 import sys
@@ -526,14 +527,24 @@ def ref_decode(model, ids: torch.Tensor, n_decode: int, kept: int, device: str):
     return t1 - t0, t2 - t1, hidden, logits, decoded, kv / positions
 
 
+def span(runs) -> str:
+    """'min–max' of timed runs, or '' for fewer than two."""
+    if not runs or len(runs) < 2:
+        return ""
+    return f"{min(runs):.4f}–{max(runs):.4f}"
+
+
 def cmd_decoder(a: argparse.Namespace) -> None:
+    if a.repeat < 1:
+        raise SystemExit("--repeat must be at least 1")
     device, dtype = setup_torch(a)
     model_dir = Path(a.model)
     work = Path(tempfile.mkdtemp(prefix="bench_full_"))
     dump = work / "decoder_dump.safetensors"
     ours, ours_gpu = run_ours([a.binary, "bench", "decoder", "--model", str(model_dir),
                                "--prompt-tokens", str(a.prompt_tokens), "--decode-tokens", str(a.decode_tokens),
-                               "--warmup", str(a.warmup), "--seed", str(a.seed), "--dump", str(dump), "--json"],
+                               "--warmup", str(a.warmup), "--repeat", str(a.repeat), "--seed", str(a.seed),
+                               "--dump", str(dump), "--json"],
                               a.threads, device)
     from safetensors.torch import load_file
 
@@ -545,12 +556,18 @@ def cmd_decoder(a: argparse.Namespace) -> None:
         torch.backends.cuda.enable_cudnn_sdp(False)
     with GpuMemSampler(device.startswith("cuda")) as mem:
         model = load_part(model_dir, "decoder", device, dtype)
+        pre_runs, dec_runs = [], []
         with torch.inference_mode():
-            for i in range(a.warmup + 1):
+            for i in range(a.warmup + a.repeat):
                 pre_s, dec_s, hidden, logits, decoded, kv_per_pos = ref_decode(model, ids, a.decode_tokens, kept,
                                                                               device)
                 if i == 0:
                     first = (hidden.float().cpu(), logits.float().cpu())
+                if i >= a.warmup:
+                    pre_runs.append(pre_s)
+                    dec_runs.append(dec_s)
+        # The median of the timed runs, as ours reports (this machine's timings vary by ±15 % run to run).
+        pre_s, dec_s = statistics.median(pre_runs), statistics.median(dec_runs)
     hidden_ref, logits_ref = first
     ref_mem = ref_memory(device, mem)
     free_model(model)
@@ -568,13 +585,14 @@ def cmd_decoder(a: argparse.Namespace) -> None:
                       "ours vs reference f32: logits_last": parity(d["logits_last"], l32),
                       "reference bf16 vs f32: hidden": parity(hidden_ref, h32),
                       "reference bf16 vs f32: logits_last": parity(logits_ref, l32)}
-    ref = {"prefill_s": pre_s, "decode_s": dec_s, "decode_tokens_per_s": a.decode_tokens / dec_s,
+    ref = {"prefill_s": pre_s, "prefill_runs_s": pre_runs, "decode_s": dec_s, "decode_runs_s": dec_runs,
+           "decode_tokens_per_s": a.decode_tokens / dec_s,
            "prefill_tokens_per_s": a.prompt_tokens / pre_s, "kv_bytes_per_1000_tokens": kv_per_pos * 1000}
     threads = a.threads or f"default (torch {torch.get_num_threads()})"
     ref_dt = str(dtype).replace("torch.", "")
     lines = [
         f"### decoder, prompt {a.prompt_tokens} tokens (seed {a.seed}), {a.decode_tokens} decode steps at batch 1, "
-        f"{a.warmup} warm-up run(s)",
+        f"{a.warmup} warm-up run(s), median of {a.repeat} timed run(s) on each side",
         f"weights: {model_dir} · threads: {threads}",
         "",
         "| | ours (candle) | PyTorch reference | speed ours / reference |",
@@ -582,9 +600,11 @@ def cmd_decoder(a: argparse.Namespace) -> None:
         f"| device, dtype | {ours['device']} {ours['dtype']} | {device} {ref_dt} | |",
         f"| prefill s | {ours['prefill_s']:.4f} | {ref['prefill_s']:.4f} | "
         f"{ratio(ref['prefill_s'], ours['prefill_s'])} |",
+        f"| prefill s, range | {span(ours.get('prefill_runs_s'))} | {span(pre_runs)} | |",
         f"| prefill tokens/s | {ours['prefill_tokens_per_s']:.1f} | {ref['prefill_tokens_per_s']:.1f} | |",
         f"| decode tokens/s | {ours['decode_tokens_per_s']:.2f} | {ref['decode_tokens_per_s']:.2f} | "
         f"{ratio(ours['decode_tokens_per_s'], ref['decode_tokens_per_s'])} |",
+        f"| decode s, range | {span(ours.get('decode_runs_s'))} | {span(dec_runs)} | |",
         f"| KV bytes per 1,000 tokens | {ours['kv_bytes_per_1000_tokens']:,} | {ref['kv_bytes_per_1000_tokens']:,.0f} | |",
         f"| peak memory | {ours_memory(device, ours, ours_gpu)} | {ref_mem} | |",
         "",
@@ -637,6 +657,7 @@ def main() -> None:
     d.add_argument("--prompt-tokens", type=int, default=1000)
     d.add_argument("--decode-tokens", type=int, default=64)
     d.add_argument("--warmup", type=int, default=1, help="untimed prefill + decode runs first")
+    d.add_argument("--repeat", type=int, default=1, help="timed runs on each side; the medians are compared")
     d.add_argument("--seed", type=int, default=0, help="seed of the prompt ids (ours draws them)")
     d.set_defaults(func=cmd_decoder)
     a = p.parse_args()

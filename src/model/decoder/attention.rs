@@ -14,7 +14,7 @@ use candle_nn::VarBuilder;
 use crate::model::ModelError;
 use crate::model::decoder::TextConfig;
 use crate::model::decoder::kv_cache::KvCache;
-use crate::model::decoder::layers::{Linear, linear};
+use crate::model::decoder::layers::{Linear, fused_linear, linear, split_last};
 use crate::model::decoder::rope::RotaryEmbedding;
 
 /// Query rows attended at once during prefill by default (bounds the f32 score matrix: 512 rows ×
@@ -60,9 +60,8 @@ impl CausalMasks {
 /// One layer's `self_attn`.
 #[derive(Debug, Clone)]
 pub struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// `q_proj`, `k_proj` and `v_proj` in one layer ([`fused_linear`]).
+    qkv: Linear,
     o_proj: Linear,
     num_heads: usize,
     num_kv_heads: usize,
@@ -77,9 +76,16 @@ impl Attention {
         let kv = cfg.num_key_value_heads * hd;
         let bias = cfg.attention_bias;
         Ok(Self {
-            q_proj: linear(&vb.pp("q_proj"), h, cfg.num_attention_heads * hd, bias)?,
-            k_proj: linear(&vb.pp("k_proj"), h, kv, bias)?,
-            v_proj: linear(&vb.pp("v_proj"), h, kv, bias)?,
+            qkv: fused_linear(
+                vb,
+                &[
+                    ("q_proj", cfg.num_attention_heads * hd),
+                    ("k_proj", kv),
+                    ("v_proj", kv),
+                ],
+                h,
+                bias,
+            )?,
             o_proj: linear(&vb.pp("o_proj"), cfg.num_attention_heads * hd, h, bias)?,
             num_heads: cfg.num_attention_heads,
             num_kv_heads: cfg.num_key_value_heads,
@@ -106,9 +112,14 @@ impl Attention {
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let q = split(self.q_proj.forward(x)?, self.num_heads)?;
-        let k = split(self.k_proj.forward(x)?, self.num_kv_heads)?;
-        let v = split(self.v_proj.forward(x)?, self.num_kv_heads)?;
+        let (q_width, kv_width) = (
+            self.num_heads * self.head_dim,
+            self.num_kv_heads * self.head_dim,
+        );
+        let [q, k, v] = split_last(&self.qkv.forward(x)?, [q_width, kv_width, kv_width])?;
+        let q = split(q, self.num_heads)?;
+        let k = split(k, self.num_kv_heads)?;
+        let v = split(v, self.num_kv_heads)?;
         let q = rope.apply(&q, offset)?;
         let k = rope.apply(&k, offset)?;
         let (k, v) = cache.write(layer, &k, &v)?;

@@ -53,6 +53,49 @@ pub(crate) fn linear(
     decoder_linear(w, b)
 }
 
+/// The `nn.Linear`s named `names` under `vb` (each `[out_i, in_dim]`, each with a bias when `bias`), which all
+/// read the same input, as one layer whose weight is theirs concatenated along the output: one pass over the
+/// input instead of one per projection (a prefill's rows are read once for q, k and v; a SwiGLU's once for gate and
+/// up). Every output is the same dot product as in the separate layers. Split the result with [`split_last`].
+pub(crate) fn fused_linear(
+    vb: &VarBuilder,
+    names: &[(&str, usize)],
+    in_dim: usize,
+    bias: bool,
+) -> Result<Linear, ModelError> {
+    let mut ws = Vec::with_capacity(names.len());
+    let mut bs = Vec::with_capacity(names.len());
+    for &(name, out_dim) in names {
+        ws.push(weight(&vb.pp(name), (out_dim, in_dim), "weight")?);
+        if bias {
+            bs.push(weight(&vb.pp(name), out_dim, "bias")?);
+        }
+    }
+    let b = if bias {
+        Some(Tensor::cat(&bs, 0)?)
+    } else {
+        None
+    };
+    decoder_linear(Tensor::cat(&ws, 0)?, b)
+}
+
+/// `y` cut along its last dimension into consecutive pieces of the given widths (zero-copy views).
+pub(crate) fn split_last<const N: usize>(
+    y: &Tensor,
+    widths: [usize; N],
+) -> Result<[Tensor; N], ModelError> {
+    let last = y.rank() - 1;
+    let mut start = 0;
+    let mut parts = Vec::with_capacity(N);
+    for w in widths {
+        parts.push(y.narrow(last, start, w)?);
+        start += w;
+    }
+    parts
+        .try_into()
+        .map_err(|_| unreachable!("N parts were pushed"))
+}
+
 /// A decoder `nn.Linear`. On the CPU a weight whose f32 values are all bf16 values (a bf16 checkpoint, official or
 /// bundled) is kept in bf16 (`compact_bf16`): the same numbers in half the memory, and half the bytes read per
 /// decoded token. The encoder keeps f32: its GEMMs are compute-bound.
@@ -95,26 +138,38 @@ impl RmsNorm {
 /// `moe_intermediate_size * n_shared_experts`).
 #[derive(Debug, Clone)]
 pub struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    /// `gate_proj` and `up_proj` in one layer ([`fused_linear`]).
+    gate_up: Linear,
     down_proj: Linear,
+    intermediate: usize,
 }
 
 impl Mlp {
     pub fn new(vb: &VarBuilder, hidden: usize, intermediate: usize) -> Result<Self, ModelError> {
         Ok(Self {
-            gate_proj: linear(&vb.pp("gate_proj"), hidden, intermediate, false)?,
-            up_proj: linear(&vb.pp("up_proj"), hidden, intermediate, false)?,
+            gate_up: fused_linear(
+                vb,
+                &[("gate_proj", intermediate), ("up_proj", intermediate)],
+                hidden,
+                false,
+            )?,
             down_proj: linear(&vb.pp("down_proj"), intermediate, hidden, false)?,
+            intermediate,
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         let _span = tracing::trace_span!("mlp").entered();
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
-        let up = self.up_proj.forward(x)?;
-        self.down_proj.forward(&(gate * up)?)
+        let gate_up = self.gate_up.forward(x)?;
+        self.down_proj
+            .forward(&swiglu(&gate_up, self.intermediate)?)
     }
+}
+
+/// `silu(gate) * up` for `gate_up` = `[gate | up]` along the last dimension, each `width` wide.
+pub(crate) fn swiglu(gate_up: &Tensor, width: usize) -> Result<Tensor, ModelError> {
+    let [gate, up] = split_last(gate_up, [width, width])?;
+    Ok((candle_nn::ops::silu(&gate)? * up)?)
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use candle_nn::VarBuilder;
 
 use crate::model::ModelError;
 use crate::model::decoder::TextConfig;
-use crate::model::decoder::layers::{Mlp, weight};
+use crate::model::decoder::layers::{Mlp, swiglu, weight};
 use crate::model::kernels::{compact_bf16, matmul_t};
 
 /// Up to this many tokens per forward use the gather path on an accelerator (batch-1 decoding and small batches).
@@ -84,39 +84,47 @@ impl MoeGate {
     }
 }
 
-/// Routed experts, stacked per projection: `gate_proj`/`up_proj` `(E, I, H)`, `down_proj` `(E, H, I)`.
+/// Routed experts, stacked: `gate_up` `(E, 2·I, H)` (each expert's `gate_proj` rows, then its `up_proj` rows, so
+/// one pass over the input serves both), `down_proj` `(E, H, I)`.
 #[derive(Debug, Clone)]
 pub struct Experts {
-    gate_proj: Tensor,
-    up_proj: Tensor,
+    gate_up: Tensor,
     down_proj: Tensor,
+    inter: usize,
 }
 
 impl Experts {
     fn load(vb: &VarBuilder, n: usize, hidden: usize, inter: usize) -> Result<Self, ModelError> {
-        let stack = |proj: &str, shape: (usize, usize)| -> Result<Tensor, ModelError> {
-            let ws = (0..n)
-                .map(|e| weight(&vb.pp(format!("{e}.{proj}")), shape, "weight"))
-                .collect::<Result<Vec<_>, _>>()?;
-            compact_bf16(Tensor::stack(&ws, 0)?)
+        let get = |e: usize, proj: &str, shape: (usize, usize)| {
+            weight(&vb.pp(format!("{e}.{proj}")), shape, "weight")
         };
+        let mut gate_up = Vec::with_capacity(n);
+        let mut down = Vec::with_capacity(n);
+        for e in 0..n {
+            gate_up.push(Tensor::cat(
+                &[
+                    get(e, "gate_proj", (inter, hidden))?,
+                    get(e, "up_proj", (inter, hidden))?,
+                ],
+                0,
+            )?);
+            down.push(get(e, "down_proj", (hidden, inter))?);
+        }
         Ok(Self {
-            gate_proj: stack("gate_proj", (inter, hidden))?,
-            up_proj: stack("up_proj", (inter, hidden))?,
-            down_proj: stack("down_proj", (hidden, inter))?,
+            gate_up: compact_bf16(Tensor::stack(&gate_up, 0)?)?,
+            down_proj: compact_bf16(Tensor::stack(&down, 0)?)?,
+            inter,
         })
     }
 
     fn num_experts(&self) -> usize {
-        self.gate_proj.dims()[0]
+        self.gate_up.dims()[0]
     }
 
     /// Expert `e` applied to `x` `(c, H)`, with zero-copy views of the stacked weights.
     fn run_one(&self, e: usize, x: &Tensor) -> Result<Tensor, ModelError> {
-        let g = matmul_t(x, &self.gate_proj.get(e)?)?;
-        let u = matmul_t(x, &self.up_proj.get(e)?)?;
-        let h = (candle_nn::ops::silu(&g)? * u)?;
-        matmul_t(&h, &self.down_proj.get(e)?)
+        let gate_up = matmul_t(x, &self.gate_up.get(e)?)?;
+        matmul_t(&swiglu(&gate_up, self.inter)?, &self.down_proj.get(e)?)
     }
 }
 
@@ -200,16 +208,13 @@ impl Moe {
         let slots = idx.flatten_all()?;
         let ex = &self.experts;
         // Weights kept in bf16 on the CPU are widened to the activations' dtype after the gather.
-        let wg = ex.gate_proj.index_select(&slots, 0)?.to_dtype(x.dtype())?;
-        let wu = ex.up_proj.index_select(&slots, 0)?.to_dtype(x.dtype())?;
+        let wgu = ex.gate_up.index_select(&slots, 0)?.to_dtype(x.dtype())?;
         let wd = ex.down_proj.index_select(&slots, 0)?.to_dtype(x.dtype())?;
         let xs = x
             .unsqueeze(1)?
             .broadcast_as((n, k, h))?
             .reshape((n * k, 1, h))?;
-        let g = xs.matmul(&wg.transpose(1, 2)?)?;
-        let u = xs.matmul(&wu.transpose(1, 2)?)?;
-        let act = (candle_nn::ops::silu(&g)? * u)?;
+        let act = swiglu(&xs.matmul(&wgu.transpose(1, 2)?)?, ex.inter)?;
         let out = act.matmul(&wd.transpose(1, 2)?)?.reshape((n, k, h))?;
         Ok(out
             .to_dtype(DType::F32)?
