@@ -178,9 +178,7 @@ fn range_note(runs: &[f64]) -> String {
     if runs.len() < 2 {
         return String::new();
     }
-    let (lo, hi) = runs
-        .iter()
-        .fold((f64::INFINITY, 0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+    let (lo, hi) = crate::bench::range(runs);
     format!(" (median of {}, {lo:.3}–{hi:.3} s)", runs.len())
 }
 

@@ -6,8 +6,8 @@
 //! measured, never asserted in tests).
 //!
 //! # Layout
-//! - this module: [`Latency`] (percentiles of a sample), [`StageTimes`] (a tracing layer that times the pipeline's
-//!   stage spans, so a report can say where a request's time goes), [`BenchError`].
+//! - this module: [`Latency`] (percentiles of a sample), [`range`] (min and max of repeats), [`StageTimes`] (a tracing
+//!   layer that times the pipeline's stage spans, so a report can say where a request's time goes), [`BenchError`].
 //! - [`service`]: the in-process server driven by N tonic clients.
 //! - [`memory`]: remember / recall through the library, per tier and token encoding.
 
@@ -52,6 +52,14 @@ pub enum BenchError {
     /// The benchmark's own client could not reach the server it started.
     #[error("client: {0}")]
     Client(String),
+}
+
+/// Min and max of a series of timed repeats, for "range" reporting (infinity and minus infinity for none).
+pub fn range(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        })
 }
 
 /// Percentiles of a latency sample, in milliseconds (nearest rank).

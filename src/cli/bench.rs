@@ -6,16 +6,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use optimem::bench::range;
 use optimem_renderer::density::SAMPLE_PROSE;
 use optimem_renderer::{Document, LayoutConfig, Page, Renderer, Tier};
-
-/// Min and max of a series, for "range" reporting.
-fn range(v: &[f64]) -> (f64, f64) {
-    v.iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
-            (lo.min(x), hi.max(x))
-        })
-}
 
 fn bench_pages(n: usize) -> Result<(Renderer, Vec<Page>)> {
     let mut r = Renderer::new(LayoutConfig::default())?;
