@@ -34,6 +34,7 @@ PIECE = re.compile(rf"[{CJK_RUN}]{{1,3}}|[^\s{CJK_RUN}]+")
 IS_CJK = re.compile(rf"[{CJK_RUN}]")
 
 TIER_PX = {"tiny": 512, "small": 640, "base": 1024}
+FULL_PAGE_CHARS_AT_17 = 4800  # English prose on one page at the default font size 17 (measured by the renderer's density)
 CELL_PX = 64  # every tier: S / q(S) = 512/8 = 640/10 = 1024/16
 ROLES = ["user", "assistant", "assistant", "tool", "system"]
 NAMES = [None, None, None, "planner", "coder", "reviewer", "shell"]
@@ -98,15 +99,28 @@ def scramble_chars(text: str, rng: random.Random) -> str:
     return "".join(c if c.isspace() else next(it) for c in text)
 
 
+def fitting_font_size(n_chars: int) -> float:
+    """The largest body font size (1024-unit canvas) at which about n_chars of prose still fill no more than one
+    page, capped at 40: the size evaluate.py's held-out greedy pages are drawn up to."""
+    return 17.0 * math.sqrt(FULL_PAGE_CHARS_AT_17 / (1.3 * max(1, n_chars)))
+
+
 def make_request(corpus: Corpus, rng: random.Random, max_chars: int, tier: str, shuffle: bool,
-                 chat_share: float = 0.25, scramble: bool = False) -> dict:
+                 chat_share: float = 0.25, scramble: bool = False, long_page: bool = False) -> dict:
     """One render-stream request line: text (or chat turns), tier and font size. `shuffle` word-shuffles the
-    text, `scramble` character-scrambles it (training-notes.md: text the language prior cannot predict)."""
+    text, `scramble` character-scrambles it (training-notes.md: text the language prior cannot predict).
+    `long_page`: a dense page instead of the log-uniform length — between 35 % of max_chars and max_chars, in type
+    no larger than fits (several text lines per vision-token row: the pages on which the decoder has to keep its place)."""
     lo = 30
-    n_chars = int(math.exp(rng.uniform(math.log(lo), math.log(max(lo + 1, max_chars)))))
-    # Font size in logical units on the 1024 canvas (default 17 ≈ a Fox page). Large type for short texts.
-    fs_hi = 44.0 if n_chars < 600 else 30.0
-    font_size = round(rng.uniform(17.0, fs_hi) if rng.random() < 0.8 else rng.uniform(13.0, 17.0), 1)
+    if long_page:
+        n_chars = int(rng.uniform(0.35 * max_chars, max_chars))
+        fs_fit = max(17.0, min(40.0, fitting_font_size(n_chars)))
+        font_size = round(rng.uniform(17.0, fs_fit) if rng.random() < 0.85 else rng.uniform(13.0, 17.0), 1)
+    else:
+        n_chars = int(math.exp(rng.uniform(math.log(lo), math.log(max(lo + 1, max_chars)))))
+        # Font size in logical units on the 1024 canvas (default 17 ≈ a Fox page). Large type for short texts.
+        fs_hi = 44.0 if n_chars < 600 else 30.0
+        font_size = round(rng.uniform(17.0, fs_hi) if rng.random() < 0.8 else rng.uniform(13.0, 17.0), 1)
     paras = corpus.paragraphs(rng, n_chars)
     if scramble:
         paras = [scramble_chars(p, rng) for p in paras]
@@ -281,7 +295,8 @@ class PageBatches(torch.utils.data.IterableDataset):
             u = rng.random()
             sc = u < cfg.get("scramble_share", 0.0)
             sh = sc or u < cfg.get("scramble_share", 0.0) + cfg["shuffle_share"]
-            return make_request(corpus, rng, mc, tier, sh, scramble=sc), sh
+            lp = rng.random() < cfg.get("long_share", 0.0)
+            return make_request(corpus, rng, mc, tier, sh, scramble=sc, long_page=lp), sh
 
         try:
             while True:

@@ -86,6 +86,9 @@ def parse_args():
     ap.add_argument("--max-target-tokens", type=int, default=1024)
     ap.add_argument("--shuffle-share", type=float, default=0.6, help="pages with word-shuffled text")
     ap.add_argument("--scramble-share", type=float, default=0.1, help="pages with character-scrambled text")
+    ap.add_argument("--long-share", type=float, default=0.0,
+                    help="pages drawn dense (35-100 %% of the length cap, type no larger than fits) instead of "
+                         "log-uniform in length")
     ap.add_argument("--zh-share", type=float, default=0.3)
     ap.add_argument("--eval-every", type=float, default=90)
     ap.add_argument("--ckpt-every", type=float, default=150)
@@ -428,7 +431,7 @@ def main():
         "tiers": tiers, "batch": {"tiny": args.batch_tiny, "small": args.batch_small, "base": args.batch_base},
         "curriculum": args.curriculum, "min_max_chars": args.min_max_chars, "max_chars": parse_max_chars(args.max_chars),
         "max_target_tokens": args.max_target_tokens, "shuffle_share": args.shuffle_share,
-        "scramble_share": args.scramble_share, "glyph_grid": glyph_grid,
+        "scramble_share": args.scramble_share, "long_share": args.long_share, "glyph_grid": glyph_grid,
         "overfit": args.overfit, "overfit_chars": args.overfit_chars, "overfit_seed": args.seed,
     }
     loader = torch.utils.data.DataLoader(
@@ -439,7 +442,7 @@ def main():
     evalset = None
     if rank == 0:
         evalset = E.EvalSet.build(args.heldout, args.renderer, tok, args.eval_pages, args.greedy_per_bucket, seed=12345,
-                                  tf_max_chars=args.eval_max_chars)
+                                  tf_max_chars=args.eval_max_chars, langs=("en", "zh") if args.zh_share > 0 else ("en",))
         log({"event": "evalset", "tf_pages": {k: len(v) for k, v in evalset.tf.items()},
              "greedy_pages": {k: len(v) for k, v in evalset.greedy.items()}})
 
