@@ -211,6 +211,10 @@ enum BenchCommand {
         modes: Vec<Tier>,
         #[arg(long, default_value_t = 4)]
         pages_per_bucket: usize,
+        /// Text tokens per page, as LO-HI in buckets of 100: the paper's 600-1300, or e.g. 100-600 for sparser pages.
+        // spelled `std::vec::Vec` so that clap takes the parser's list as one value, not one value per flag
+        #[arg(long, default_value = "600-1300", value_parser = optimem::fox::parse_buckets)]
+        buckets: std::vec::Vec<(usize, usize)>,
         #[arg(long, default_value = "fox-report")]
         out: PathBuf,
         #[arg(long, default_value_t = 2048)]
@@ -329,6 +333,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             text,
             modes,
             pages_per_bucket,
+            buckets,
             out,
             max_new_tokens,
             tokenizer,
@@ -337,6 +342,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             text,
             modes,
             pages_per_bucket,
+            buckets,
             out,
             max_new_tokens,
             tokenizer,

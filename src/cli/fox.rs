@@ -16,6 +16,7 @@ pub struct FoxArgs {
     pub text: Option<PathBuf>,
     pub modes: Vec<Tier>,
     pub pages_per_bucket: usize,
+    pub buckets: Vec<(usize, usize)>,
     pub out: PathBuf,
     pub max_new_tokens: usize,
     pub tokenizer: Option<PathBuf>,
@@ -37,7 +38,8 @@ pub fn fox(a: FoxArgs) -> Result<()> {
         "cutting {} page(s) per bucket from {}",
         a.pages_per_bucket, corpus.description
     );
-    let (pages, wrapped) = fox::build_pages(&corpus, &counter, a.pages_per_bucket, &base)?;
+    let (pages, wrapped) =
+        fox::build_pages(&corpus, &counter, &a.buckets, a.pages_per_bucket, &base)?;
     let (device, dtype) = super::ocr::device()?;
     let model = OcrModel::load(&a.model, &device, dtype)
         .with_context(|| format!("loading the model in {}", a.model.display()))?;

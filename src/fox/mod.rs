@@ -1,5 +1,5 @@
 //! The Fox-style compression benchmark behind `optimem bench fox` (DESIGN.md §6, the paper's Table 2): pages of held-out
-//! prose with 600–1,300 text tokens, encoded at 64 (Tiny) and 100 (Small) vision tokens, decoded with `<image>\nFree OCR.`,
+//! prose with 600–1,300 text tokens (other ranges with `--buckets`), encoded at 64 (Tiny) and 100 (Small) vision tokens, decoded with `<image>\nFree OCR.`,
 //! precision and word recall per bucket of 100 text tokens, beside the paper's numbers.
 //!
 //! # Layout
@@ -17,7 +17,7 @@ use crate::engine::{mode_for, page_image};
 use crate::metrics::Score;
 use crate::model::OcrModel;
 use crate::model::generate::Control;
-pub use pages::{BUCKETS, Corpus, FoxPage, bucket_of, build_pages};
+pub use pages::{Corpus, FoxPage, PAPER_BUCKETS, bucket_of, build_pages, parse_buckets};
 pub use report::{FoxReport, PageResult, PageRow, paper_row};
 
 /// What can stop the benchmark; each says what to fix.
@@ -88,7 +88,7 @@ pub fn run(
             tick();
         }
         rows.push(PageRow {
-            bucket: BUCKETS[p.bucket],
+            bucket: p.bucket,
             source: p.source.clone(),
             first_word: p.first_word,
             text_tokens: p.text_tokens,

@@ -1,5 +1,5 @@
-//! Fox-style pages: held-out prose cut into pages of 600–1,300 text tokens (buckets of 100, the paper's Table 2), each
-//! set at the largest font size that keeps it on one page.
+//! Fox-style pages: held-out prose cut into pages of 600–1,300 text tokens (buckets of 100, the paper's Table 2; other
+//! ranges on request), each set at the largest font size that keeps it on one page.
 
 use std::path::{Path, PathBuf};
 
@@ -8,8 +8,8 @@ use optimem_renderer::{Document, LayoutConfig, Page, Renderer};
 use super::FoxError;
 use crate::metrics::TextTokenizer;
 
-/// The paper's buckets of text tokens per page: [600, 700) … [1200, 1300).
-pub const BUCKETS: [(usize, usize); 7] = [
+/// The paper's buckets of text tokens per page: [600, 700) … [1200, 1300), the default.
+pub const PAPER_BUCKETS: [(usize, usize); 7] = [
     (600, 700),
     (700, 800),
     (800, 900),
@@ -22,11 +22,37 @@ pub const BUCKETS: [(usize, usize); 7] = [
 /// Debian's licence texts: real English prose on every Debian machine, and not one of the bundled model's training sources.
 pub const DEFAULT_TEXT_DIR: &str = "/usr/share/common-licenses";
 
-/// The bucket index of a page with `tokens` text tokens, if it is in 600–1,300.
-pub fn bucket_of(tokens: usize) -> Option<usize> {
-    BUCKETS
+/// Width of a bucket in text tokens, as in the paper.
+pub const BUCKET_WIDTH: usize = 100;
+
+/// Buckets of 100 text tokens covering `lo..hi`, e.g. "100-600" for pages of 100–600 tokens (at 100 vision tokens,
+/// compression up to 6×: below the paper's range, where a small model is first measured). Both ends multiples of 100.
+pub fn parse_buckets(spec: &str) -> Result<Vec<(usize, usize)>, String> {
+    let bad = || {
+        format!(
+            "buckets {spec:?}: expected LO-HI in text tokens, multiples of {BUCKET_WIDTH} with LO < HI (e.g. 600-1300)"
+        )
+    };
+    let (lo, hi) = spec.split_once('-').ok_or_else(bad)?;
+    let (lo, hi): (usize, usize) = (
+        lo.trim().parse().map_err(|_| bad())?,
+        hi.trim().parse().map_err(|_| bad())?,
+    );
+    if lo >= hi || lo % BUCKET_WIDTH != 0 || hi % BUCKET_WIDTH != 0 {
+        return Err(bad());
+    }
+    Ok((lo..hi)
+        .step_by(BUCKET_WIDTH)
+        .map(|b| (b, b + BUCKET_WIDTH))
+        .collect())
+}
+
+/// The bucket of `buckets` a page with `tokens` text tokens falls in, if any.
+pub fn bucket_of(buckets: &[(usize, usize)], tokens: usize) -> Option<(usize, usize)> {
+    buckets
         .iter()
-        .position(|&(lo, hi)| (lo..hi).contains(&tokens))
+        .copied()
+        .find(|&(lo, hi)| (lo..hi).contains(&tokens))
 }
 
 /// What joins a word to the one before it.
@@ -168,7 +194,7 @@ impl Corpus {
 /// One benchmark page: its text, where it came from, its token count and the font size it is set at.
 #[derive(Clone, Debug)]
 pub struct FoxPage {
-    pub bucket: usize,
+    pub bucket: (usize, usize),
     pub text: String,
     pub text_tokens: usize,
     /// The document of its first word.
@@ -179,21 +205,22 @@ pub struct FoxPage {
     pub page: Page,
 }
 
-/// Cuts `per_bucket` pages per bucket from the corpus in reading order (each page continues where the last ended; the
+/// Cuts `per_bucket` pages per bucket of `buckets` from the corpus in reading order (each page continues where the last ended; the
 /// corpus restarts from its beginning only when exhausted, and `wrapped` says so). Page k of a bucket aims at
 /// lo + (hi − lo)·(k + 1)/(n + 1) tokens, spreading the pages over the bucket.
 pub fn build_pages(
     corpus: &Corpus,
     tok: &TextTokenizer,
+    buckets: &[(usize, usize)],
     per_bucket: usize,
     base: &LayoutConfig,
 ) -> Result<(Vec<FoxPage>, bool), FoxError> {
     let mut out = Vec::new();
     let mut cursor = 0usize;
     let mut wrapped = false;
-    for (b, &(lo, hi)) in BUCKETS.iter().enumerate() {
+    for &(lo, hi) in buckets {
         for k in 0..per_bucket {
-            let target = lo + (hi - lo) * (k + 1) / (per_bucket + 1);
+            let target = (lo + (hi - lo) * (k + 1) / (per_bucket + 1)).max(1);
             let (start, end) = match cut(corpus, tok, cursor, target)? {
                 Some(r) => r,
                 None => {
@@ -208,7 +235,7 @@ pub fn build_pages(
             cursor = end;
             let text = corpus.text(start, end);
             let text_tokens = tok.count(&text)?;
-            if bucket_of(text_tokens) != Some(b) {
+            if bucket_of(buckets, text_tokens) != Some((lo, hi)) {
                 return Err(FoxError::NoText(format!(
                     "could not cut a page of {lo}–{hi} tokens at word {start} (got {text_tokens}): a single word is \
                      too long"
@@ -216,7 +243,7 @@ pub fn build_pages(
             }
             let (font_size, page) = fit_one_page(&text, base)?;
             out.push(FoxPage {
-                bucket: b,
+                bucket: (lo, hi),
                 text,
                 text_tokens,
                 source: corpus.docs[corpus.words[start].doc].clone(),
@@ -311,13 +338,32 @@ mod tests {
 
     #[test]
     fn buckets_cover_600_to_1300() {
-        assert_eq!(bucket_of(599), None);
-        assert_eq!(bucket_of(600), Some(0));
-        assert_eq!(bucket_of(699), Some(0));
-        assert_eq!(bucket_of(700), Some(1));
-        assert_eq!(bucket_of(1250), Some(6));
-        assert_eq!(bucket_of(1299), Some(6));
-        assert_eq!(bucket_of(1300), None);
+        let b = &PAPER_BUCKETS;
+        assert_eq!(bucket_of(b, 599), None);
+        assert_eq!(bucket_of(b, 600), Some((600, 700)));
+        assert_eq!(bucket_of(b, 699), Some((600, 700)));
+        assert_eq!(bucket_of(b, 700), Some((700, 800)));
+        assert_eq!(bucket_of(b, 1250), Some((1200, 1300)));
+        assert_eq!(bucket_of(b, 1299), Some((1200, 1300)));
+        assert_eq!(bucket_of(b, 1300), None);
+    }
+
+    #[test]
+    fn bucket_ranges_parse_to_the_paper_buckets_and_refuse_bad_ranges() {
+        assert_eq!(
+            parse_buckets("600-1300").expect("paper"),
+            PAPER_BUCKETS.to_vec()
+        );
+        assert_eq!(
+            parse_buckets("100-300").expect("short"),
+            vec![(100, 200), (200, 300)]
+        );
+        for bad in [
+            "", "600", "600-600", "700-600", "650-1300", "600-1250", "a-b", "-100",
+        ] {
+            let e = parse_buckets(bad).expect_err(bad);
+            assert!(e.contains("LO-HI"), "{bad}: {e}");
+        }
     }
 
     #[test]

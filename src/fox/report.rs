@@ -6,7 +6,6 @@ use std::fmt::Write as _;
 use optimem_renderer::Tier;
 use serde::{Deserialize, Serialize};
 
-use super::BUCKETS;
 use crate::metrics::{Score, compression_ratio};
 
 /// One row of the paper's Table 2 (spec §7): precision (%) and compression (×) at 64 and 100 vision tokens.
@@ -42,9 +41,10 @@ pub const PAPER_TABLE: [PaperRow; 7] = [
     row(1200, 59.1, 19.7, 87.1, 12.6, 4),
 ];
 
-/// The paper's (precision %, compression ×) for a bucket and mode, where it reports one (Tiny and Small only).
-pub fn paper_row(bucket: usize, tier: Tier) -> Option<(f64, f64)> {
-    let r = PAPER_TABLE.get(bucket)?;
+/// The paper's (precision %, compression ×) for a bucket and mode, where it reports one (Tiny and Small, 600–1,300
+/// text tokens).
+pub fn paper_row(bucket: (usize, usize), tier: Tier) -> Option<(f64, f64)> {
+    let r = PAPER_TABLE.iter().find(|r| r.bucket == bucket)?;
     match tier {
         Tier::Tiny => Some((r.tiny_precision, r.tiny_compression)),
         Tier::Small => Some((r.small_precision, r.small_compression)),
@@ -92,7 +92,8 @@ pub struct BucketCell {
 pub struct BucketRow {
     pub bucket: (usize, usize),
     pub pages: usize,
-    pub paper_pages: usize,
+    /// The paper's page count, for its buckets (600–1,300 text tokens).
+    pub paper_pages: Option<usize>,
     pub mean_text_tokens: f64,
     pub cells: Vec<BucketCell>,
 }
@@ -117,10 +118,13 @@ pub struct FoxReport {
     pub pages: Vec<PageRow>,
 }
 
-/// Per-bucket means of `pages` at each of `modes`.
+/// Per-bucket means of `pages` at each of `modes`, buckets in ascending order.
 pub fn aggregate(pages: &[PageRow], modes: &[Tier]) -> Vec<BucketRow> {
+    let mut buckets: Vec<(usize, usize)> = pages.iter().map(|p| p.bucket).collect();
+    buckets.sort_unstable();
+    buckets.dedup();
     let mut out = Vec::new();
-    for (b, &bucket) in BUCKETS.iter().enumerate() {
+    for bucket in buckets {
         let in_bucket: Vec<&PageRow> = pages.iter().filter(|p| p.bucket == bucket).collect();
         if in_bucket.is_empty() {
             continue;
@@ -135,7 +139,7 @@ pub fn aggregate(pages: &[PageRow], modes: &[Tier]) -> Vec<BucketRow> {
                     .filter_map(|p| p.results.iter().find(|r| r.mode == mode).map(|r| (*p, r)))
                     .collect();
                 let k = rs.len().max(1) as f64;
-                let paper = paper_row(b, mode);
+                let paper = paper_row(bucket, mode);
                 BucketCell {
                     mode,
                     vision_tokens: mode.vision_tokens(),
@@ -154,7 +158,10 @@ pub fn aggregate(pages: &[PageRow], modes: &[Tier]) -> Vec<BucketRow> {
         out.push(BucketRow {
             bucket,
             pages: in_bucket.len(),
-            paper_pages: PAPER_TABLE[b].pages,
+            paper_pages: PAPER_TABLE
+                .iter()
+                .find(|r| r.bucket == bucket)
+                .map(|r| r.pages),
             mean_text_tokens,
             cells,
         });
@@ -206,10 +213,11 @@ impl FoxReport {
         }
         let _ = writeln!(s, "{head}\n{rule}");
         for b in &self.buckets {
+            let paper_pages = b.paper_pages.map(|n| format!(" ({n})")).unwrap_or_default();
             let _ = write!(
                 s,
-                "| {}–{} | {} ({}) |",
-                b.bucket.0, b.bucket.1, b.pages, b.paper_pages
+                "| {}–{} | {}{paper_pages} |",
+                b.bucket.0, b.bucket.1, b.pages
             );
             for c in &b.cells {
                 let paper = match (c.paper_precision, c.paper_compression) {
@@ -281,7 +289,7 @@ mod tests {
         assert!((tiny.compression - 650.0 / 64.0).abs() < 1e-12);
         assert_eq!(tiny.paper_precision, Some(96.5));
         assert_eq!(rows[0].cells[1].paper_precision, None);
-        assert_eq!(rows[0].paper_pages, 7);
+        assert_eq!(rows[0].paper_pages, Some(7));
         assert!((rows[0].mean_text_tokens - 650.0).abs() < 1e-12);
     }
 }
