@@ -106,15 +106,18 @@ def fitting_font_size(n_chars: int) -> float:
 
 
 def make_request(corpus: Corpus, rng: random.Random, max_chars: int, tier: str, shuffle: bool,
-                 chat_share: float = 0.25, scramble: bool = False, long_page: bool = False) -> dict:
+                 chat_share: float = 0.25, scramble: bool = False, long_page: bool = False,
+                 font_slack: float = 1.0) -> dict:
     """One render-stream request line: text (or chat turns), tier and font size. `shuffle` word-shuffles the
     text, `scramble` character-scrambles it (training-notes.md: text the language prior cannot predict).
     `long_page`: a dense page instead of the log-uniform length — between 35 % of max_chars and max_chars, in type
-    no larger than fits (several text lines per vision-token row: the pages on which the decoder has to keep its place)."""
+    no larger than fits (several text lines per vision-token row: the pages on which the decoder has to keep its place),
+    or up to `font_slack` times that (larger type on a full page, as Fox pages fit theirs: overflow only shortens the
+    visible text)."""
     lo = 30
     if long_page:
         n_chars = int(rng.uniform(0.35 * max_chars, max_chars))
-        fs_fit = max(17.0, min(40.0, fitting_font_size(n_chars)))
+        fs_fit = max(17.0, min(min(44.0, 40.0 * font_slack), font_slack * fitting_font_size(n_chars)))
         font_size = round(rng.uniform(17.0, fs_fit) if rng.random() < 0.85 else rng.uniform(13.0, 17.0), 1)
     else:
         n_chars = int(math.exp(rng.uniform(math.log(lo), math.log(max(lo + 1, max_chars)))))
@@ -296,7 +299,8 @@ class PageBatches(torch.utils.data.IterableDataset):
             sc = u < cfg.get("scramble_share", 0.0)
             sh = sc or u < cfg.get("scramble_share", 0.0) + cfg["shuffle_share"]
             lp = rng.random() < cfg.get("long_share", 0.0)
-            return make_request(corpus, rng, mc, tier, sh, scramble=sc, long_page=lp), sh
+            return make_request(corpus, rng, mc, tier, sh, scramble=sc, long_page=lp,
+                                font_slack=cfg.get("long_font_slack", 1.0)), sh
 
         try:
             while True:
