@@ -1,0 +1,85 @@
+"""Where on a held-out page greedy decoding stops following the text: for each Small page of 300-2,000 characters,
+the first truth position after which fewer than 30 % of the next 80 characters are matched (difflib blocks of ≥ 6
+characters), and the y of that glyph on the page (which row of vision tokens). One JSON line per page.
+
+Where it fits: a CPU diagnostic for training/RESULTS.md (session 10: on long pages the model loses its place after a
+line or two, at no particular token row). Run from the repository root:
+
+    .venv-ref/bin/python training/diag/drift.py --model models/optimem-tiny --renderer target/release/optimem
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+sys.path.insert(0, os.path.join(ROOT, "training"))
+sys.path.insert(0, os.path.join(ROOT, "tools", "reference"))
+import data as D  # noqa: E402
+import evaluate as E  # noqa: E402
+
+
+def drift_point(truth: str, pred: str) -> int:
+    """The first truth index after which the prediction no longer follows (len(truth) when it follows to the end)."""
+    sm = difflib.SequenceMatcher(None, truth, pred, autojunk=False)
+    cov = np.zeros(len(truth) + 1)
+    for a, _, n in sm.get_matching_blocks():
+        if n >= 6:
+            cov[a:a + n] = 1
+    for p in range(len(truth)):
+        w = cov[p:p + 80]
+        if len(w) >= 40 and w.mean() < 0.3:
+            return p
+    return len(truth)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="models/optimem-tiny")
+    ap.add_argument("--renderer", required=True)
+    ap.add_argument("--heldout", default="training/data/corpus/heldout")
+    ap.add_argument("--per-bucket", type=int, default=6)
+    args = ap.parse_args()
+    from optimem_ref import DeepseekOCR
+    from tokenizers import Tokenizer
+
+    torch.set_num_threads(1)
+    dev = torch.device("cpu")
+    model = DeepseekOCR.from_pretrained(args.model, device=dev, dtype=torch.float32).eval()
+    tok = Tokenizer.from_file(os.path.join(args.model, "tokenizer.json"))
+    image_id, eos = tok.token_to_id("<image>"), model.config.decoder.eos_token_id
+    prompt_ids = tok.encode("\nFree OCR.", add_special_tokens=False).ids
+
+    def pixels(u8):
+        return u8.float().div(127.5).sub(1.0).unsqueeze(1).expand(-1, 3, -1, -1)
+
+    # the same English pages as `evaluate.py --tf-pages 16 --per-bucket N`
+    es = E.EvalSet.build(args.heldout, args.renderer, tok, 16, args.per_bucket, tiers=("small",), langs=("en",))
+    pages = [p for p in es.greedy["small"] if p[0][0] in (300, 700, 1200)]
+    q = D.TIER_PX["small"] // D.CELL_PX
+    for i in range(0, len(pages), 6):
+        chunk = pages[i:i + 6]
+        imgs = torch.from_numpy(np.stack([p[2] for p in chunk]))
+        truths = [p[1]["visible_text"] for p in chunk]
+        max_new = min(1100, max(len(tok.encode(t, add_special_tokens=False).ids) for t in truths) + 16)
+        preds = E.greedy_decode(model, imgs, q * (q + 1) + 1, prompt_ids, image_id, eos, max_new, pixels, dev)
+        for (b, h, _), ids, t in zip(chunk, preds, truths):
+            pred = tok.decode(ids, skip_special_tokens=False)
+            at = drift_point(t, pred)
+            glyphs = list(D.glyph_positions(h))
+            k = sum(1 for c in t[:at] if not c.isspace())
+            y = glyphs[min(k, len(glyphs) - 1)][2] if glyphs else -1.0
+            print(json.dumps({"bucket": E.bucket_name(b), "chars": len(t), "precision": round(E.precision(pred, t), 3),
+                              "drift_at": at, "drift_y_px": round(float(y), 1), "token_row": int(y // D.CELL_PX),
+                              "y_frac_in_row": round((y % D.CELL_PX) / D.CELL_PX, 2)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
