@@ -70,6 +70,21 @@ fn serve_rejects_a_bad_age_period() {
     }
 }
 
+#[test]
+fn serve_rejects_an_unusable_font_size_before_loading_the_model() {
+    for bad in ["0", "-3", "nan"] {
+        let flag = format!("--font-size={bad}");
+        let out = optimem(&["serve", &flag, "--model", "/nonexistent/model"]);
+        assert!(!out.status.success(), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--font-size"), "{bad}: {err}");
+        assert!(
+            !err.contains("/nonexistent/model"),
+            "{bad}: the model was loaded first: {err}"
+        );
+    }
+}
+
 /// A running `optimem serve` on a free port; killed when dropped.
 struct Server {
     child: Child,

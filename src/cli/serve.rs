@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use optimem::engine::{DEFAULT_NICE, DEFAULT_QUEUE, Engine, EngineConfig};
 use optimem::memory::{DEFAULT_MAX_PENDING, EncodeMode, Limits, Memory, MemoryConfig, TierPolicy};
 use optimem::service::{AuthToken, ServerConfig};
+use optimem_renderer::{LayoutConfig, Renderer};
 use optimem_store::{Durability, OnModelMismatch, OpenOptions, SledStore, StoreError, TokenDtype};
 
 /// How the model shares the CPU and which tiers new pages are stored at: the flags `serve` and `bench service` share.
@@ -79,6 +80,11 @@ pub struct ServeArgs {
     /// Model directory (config.json, tokenizer.json, *.safetensors).
     #[arg(long, env = "OPTIMEM_MODEL", default_value = "models/optimem-tiny")]
     model: PathBuf,
+    /// Body font size of new pages, in logical units on the 1024-unit canvas (the text-density knob, as in `render`
+    /// and `compress`). The default 17 is a Fox page; larger type puts fewer characters on a page (less compression)
+    /// in glyphs a small model reads more surely (benches/README.md, session 10).
+    #[arg(long, default_value_t = LayoutConfig::default().font_size)]
+    font_size: f32,
     /// File holding the bearer token clients must send; without it the service is open to anyone who can connect.
     #[arg(long)]
     auth_token_file: Option<PathBuf>,
@@ -133,6 +139,12 @@ pub enum Tokens {
 }
 
 pub fn serve(a: ServeArgs) -> Result<()> {
+    let layout = LayoutConfig {
+        font_size: a.font_size,
+        ..LayoutConfig::default()
+    };
+    // checked before the model loads, so a bad value is a quick error
+    Renderer::new(layout.clone()).context("--font-size")?;
     let auth_token = match &a.auth_token_file {
         Some(f) => {
             let text = std::fs::read_to_string(f)
@@ -206,6 +218,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     }
     let policy = a.tuning.policy()?;
     let cfg = MemoryConfig {
+        layout,
         policy: optimem::memory::policy::for_engine(policy, &engine),
         limits: Limits {
             max_messages: a.max_messages,
