@@ -9,6 +9,7 @@ our renderer. Precision = 1 − Levenshtein(pred, truth) / max(len) over Unicode
 from __future__ import annotations
 
 import math
+import os
 import random
 import re
 
@@ -202,6 +203,23 @@ def greedy_precision(model, es: EvalSet, tok, prompt_ids, image_id, eos, dev, pi
     return out
 
 
+def pixels(u8: torch.Tensor) -> torch.Tensor:
+    """uint8 grey pages [B, H, W] → the model's [B, 3, H, W] input in [-1, 1]."""
+    return u8.float().div(127.5).sub(1.0).unsqueeze(1).expand(-1, 3, -1, -1)
+
+
+def load_exported(model_dir: str, dev: torch.device):
+    """An exported model folder in f32 (the reference package must be importable) → (model, tokenizer, `<image>` id,
+    EOS id, the ids of the prompt "\\nFree OCR.")."""
+    from optimem_ref import DeepseekOCR
+    from tokenizers import Tokenizer
+
+    model = DeepseekOCR.from_pretrained(model_dir, device=dev, dtype=torch.float32).eval()
+    tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
+    prompt_ids = tok.encode("\nFree OCR.", add_special_tokens=False).ids
+    return model, tok, tok.token_to_id("<image>"), model.config.decoder.eos_token_id, prompt_ids
+
+
 def main() -> None:
     """Evaluate an exported model folder (config.json, tokenizer.json, model.safetensors) on held-out pages."""
     import argparse
@@ -220,19 +238,10 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     sys.path.insert(0, os.path.abspath(args.ref))
-    from optimem_ref import DeepseekOCR
-    from tokenizers import Tokenizer
-
     dev = torch.device(args.device)
     if dev.type == "cuda":
         torch.backends.cuda.enable_cudnn_sdp(False)
-    model = DeepseekOCR.from_pretrained(args.model, device=dev, dtype=torch.float32).eval()
-    tok = Tokenizer.from_file(os.path.join(args.model, "tokenizer.json"))
-    image_id, eos = tok.token_to_id("<image>"), model.config.decoder.eos_token_id
-    prompt_ids = tok.encode("\nFree OCR.", add_special_tokens=False).ids
-
-    def pixels(u8):
-        return u8.float().div(127.5).sub(1.0).unsqueeze(1).expand(-1, 3, -1, -1)
+    model, tok, image_id, eos, prompt_ids = load_exported(args.model, dev)
 
     es = EvalSet.build(args.heldout, args.renderer, tok, args.tf_pages, args.per_bucket, langs=tuple(args.langs.split(",")))
     tf = {}

@@ -47,19 +47,9 @@ def main() -> None:
     ap.add_argument("--heldout", default="training/data/corpus/heldout")
     ap.add_argument("--per-bucket", type=int, default=6)
     args = ap.parse_args()
-    from optimem_ref import DeepseekOCR
-    from tokenizers import Tokenizer
-
     torch.set_num_threads(1)
     dev = torch.device("cpu")
-    model = DeepseekOCR.from_pretrained(args.model, device=dev, dtype=torch.float32).eval()
-    tok = Tokenizer.from_file(os.path.join(args.model, "tokenizer.json"))
-    image_id, eos = tok.token_to_id("<image>"), model.config.decoder.eos_token_id
-    prompt_ids = tok.encode("\nFree OCR.", add_special_tokens=False).ids
-
-    def pixels(u8):
-        return u8.float().div(127.5).sub(1.0).unsqueeze(1).expand(-1, 3, -1, -1)
-
+    model, tok, image_id, eos, prompt_ids = E.load_exported(args.model, dev)
     # the same English pages as `evaluate.py --tf-pages 16 --per-bucket N`
     es = E.EvalSet.build(args.heldout, args.renderer, tok, 16, args.per_bucket, tiers=("small",), langs=("en",))
     pages = [p for p in es.greedy["small"] if p[0][0] in (300, 700, 1200)]
@@ -69,7 +59,7 @@ def main() -> None:
         imgs = torch.from_numpy(np.stack([p[2] for p in chunk]))
         truths = [p[1]["visible_text"] for p in chunk]
         max_new = min(1100, max(len(tok.encode(t, add_special_tokens=False).ids) for t in truths) + 16)
-        preds = E.greedy_decode(model, imgs, q * (q + 1) + 1, prompt_ids, image_id, eos, max_new, pixels, dev)
+        preds = E.greedy_decode(model, imgs, q * (q + 1) + 1, prompt_ids, image_id, eos, max_new, E.pixels, dev)
         for (b, h, _), ids, t in zip(chunk, preds, truths):
             pred = tok.decode(ids, skip_special_tokens=False)
             at = drift_point(t, pred)
