@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use optimem::engine::{DEFAULT_NICE, DEFAULT_QUEUE, Engine, EngineConfig};
 use optimem::memory::{DEFAULT_MAX_PENDING, EncodeMode, Limits, Memory, MemoryConfig, TierPolicy};
 use optimem::service::{AuthToken, ServerConfig};
-use optimem_renderer::{LayoutConfig, Renderer};
+use optimem_renderer::LayoutConfig;
 use optimem_store::{Durability, OnModelMismatch, OpenOptions, SledStore, StoreError, TokenDtype};
 
 /// How the model shares the CPU and which tiers new pages are stored at: the flags `serve` and `bench service` share.
@@ -144,7 +144,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         ..LayoutConfig::default()
     };
     // checked before the model loads, so a bad value is a quick error
-    Renderer::new(layout.clone()).context("--font-size")?;
+    layout.validate().context("--font-size")?;
     let auth_token = match &a.auth_token_file {
         Some(f) => {
             let text = std::fs::read_to_string(f)

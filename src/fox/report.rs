@@ -41,15 +41,26 @@ pub const PAPER_TABLE: [PaperRow; 7] = [
     row(1200, 59.1, 19.7, 87.1, 12.6, 4),
 ];
 
+impl PaperRow {
+    /// The paper's row for a bucket, if it reports one (600–1,300 text tokens).
+    pub fn for_bucket(bucket: (usize, usize)) -> Option<&'static PaperRow> {
+        PAPER_TABLE.iter().find(|r| r.bucket == bucket)
+    }
+
+    /// (precision %, compression ×) at a mode (Tiny and Small only).
+    pub fn at(&self, tier: Tier) -> Option<(f64, f64)> {
+        match tier {
+            Tier::Tiny => Some((self.tiny_precision, self.tiny_compression)),
+            Tier::Small => Some((self.small_precision, self.small_compression)),
+            _ => None,
+        }
+    }
+}
+
 /// The paper's (precision %, compression ×) for a bucket and mode, where it reports one (Tiny and Small, 600–1,300
 /// text tokens).
 pub fn paper_row(bucket: (usize, usize), tier: Tier) -> Option<(f64, f64)> {
-    let r = PAPER_TABLE.iter().find(|r| r.bucket == bucket)?;
-    match tier {
-        Tier::Tiny => Some((r.tiny_precision, r.tiny_compression)),
-        Tier::Small => Some((r.small_precision, r.small_compression)),
-        _ => None,
-    }
+    PaperRow::for_bucket(bucket)?.at(tier)
 }
 
 /// One page decoded at one mode.
@@ -126,9 +137,7 @@ pub fn aggregate(pages: &[PageRow], modes: &[Tier]) -> Vec<BucketRow> {
     let mut out = Vec::new();
     for bucket in buckets {
         let in_bucket: Vec<&PageRow> = pages.iter().filter(|p| p.bucket == bucket).collect();
-        if in_bucket.is_empty() {
-            continue;
-        }
+        let paper_row = PaperRow::for_bucket(bucket);
         let n = in_bucket.len() as f64;
         let mean_text_tokens = in_bucket.iter().map(|p| p.text_tokens as f64).sum::<f64>() / n;
         let cells = modes
@@ -139,7 +148,7 @@ pub fn aggregate(pages: &[PageRow], modes: &[Tier]) -> Vec<BucketRow> {
                     .filter_map(|p| p.results.iter().find(|r| r.mode == mode).map(|r| (*p, r)))
                     .collect();
                 let k = rs.len().max(1) as f64;
-                let paper = paper_row(bucket, mode);
+                let paper = paper_row.and_then(|r| r.at(mode));
                 BucketCell {
                     mode,
                     vision_tokens: mode.vision_tokens(),
@@ -158,10 +167,7 @@ pub fn aggregate(pages: &[PageRow], modes: &[Tier]) -> Vec<BucketRow> {
         out.push(BucketRow {
             bucket,
             pages: in_bucket.len(),
-            paper_pages: PAPER_TABLE
-                .iter()
-                .find(|r| r.bucket == bucket)
-                .map(|r| r.pages),
+            paper_pages: paper_row.map(|r| r.pages),
             mean_text_tokens,
             cells,
         });
