@@ -101,7 +101,7 @@ def scramble_chars(text: str, rng: random.Random) -> str:
 
 def fitting_font_size(n_chars: int) -> float:
     """The largest body font size (1024-unit canvas) at which about n_chars of prose still fill no more than one
-    page, capped at 40: the size evaluate.py's held-out greedy pages are drawn up to."""
+    page (uncapped; callers bound it): the size evaluate.py's held-out greedy pages are drawn up to."""
     return 17.0 * math.sqrt(FULL_PAGE_CHARS_AT_17 / (1.3 * max(1, n_chars)))
 
 
@@ -251,6 +251,12 @@ def glyph_targets(header: dict, classes: CharClasses, grid: int) -> np.ndarray:
         sx, sy = int((x - cx * CELL_PX) // sub), int((y - cy * CELL_PX) // sub)
         out.append((((cy * q + cx) * grid + sy) * grid + sx) * classes.n + classes(ch))
     return np.asarray(out, dtype=np.int64)
+
+
+def pixels(images_u8: torch.Tensor) -> torch.Tensor:
+    """u8 [B,S,S] grayscale → normalised [B,3,S,S] (spec §2.1: (x/255 − 0.5)/0.5, three equal channels)."""
+    x = images_u8.float().div_(127.5).sub_(1.0)
+    return x.unsqueeze(1).expand(-1, 3, -1, -1)
 
 
 def target_text(header: dict) -> str:

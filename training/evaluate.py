@@ -169,6 +169,23 @@ def greedy_decode(model, imgs_u8, n_img, prompt_ids, image_id, eos, max_new, pix
     return res
 
 
+def decode_pages(model, pages, tier: str, tok, prompt_ids, image_id, eos, dev, pixels_fn, batch: int = 32):
+    """Greedy text of held-out pages [(bucket, header, pixels)] at `tier`, in batches → [(bucket, truth, prediction,
+    truth's token count)]. Each batch decodes up to its longest truth + 16 tokens (at most 1,100)."""
+    q = D.TIER_PX[tier] // D.CELL_PX
+    out = []
+    for i in range(0, len(pages), batch):
+        chunk = pages[i: i + batch]
+        imgs = torch.from_numpy(np.stack([p[2] for p in chunk])).to(dev)
+        truths = [p[1]["visible_text"] for p in chunk]
+        n_tok = [len(tok.encode(t, add_special_tokens=False).ids) for t in truths]
+        preds = greedy_decode(model, imgs, q * (q + 1) + 1, prompt_ids, image_id, eos, min(1100, max(n_tok) + 16),
+                              pixels_fn, dev)
+        for (b, _, _), ids, truth, n in zip(chunk, preds, truths, n_tok):
+            out.append((b, truth, tok.decode(ids, skip_special_tokens=False), n))
+    return out
+
+
 def greedy_precision(model, es: EvalSet, tok, prompt_ids, image_id, eos, dev, pixels_fn, batch: int = 32) -> dict:
     """{tier: {"all": p, "<bucket>": p, ..., "sample": (truth, pred) of one mid-length page}}."""
     model.eval()
@@ -179,33 +196,21 @@ def greedy_precision(model, es: EvalSet, tok, prompt_ids, image_id, eos, dev, pi
         # compression = text tokens (this model's tokenizer) per vision token (q², the paper's count: no newlines)
         by_ratio: dict[str, list[float]] = {"le5x": [], "le10x": []}
         sample = None
-        for i in range(0, len(pages), batch):
-            chunk = pages[i: i + batch]
-            imgs = torch.from_numpy(np.stack([p[2] for p in chunk])).to(dev)
-            truths = [p[1]["visible_text"] for p in chunk]
-            max_new = min(1100, max(len(tok.encode(t, add_special_tokens=False).ids) for t in truths) + 16)
-            preds = greedy_decode(model, imgs, q * (q + 1) + 1, prompt_ids, image_id, eos, max_new, pixels_fn, dev)
-            for (b, header, _), pred_ids, truth in zip(chunk, preds, truths):
-                pred = tok.decode(pred_ids, skip_special_tokens=False)
-                p = precision(pred, truth)
-                per_bucket.setdefault(bucket_name(b), []).append(p)
-                ratio = len(tok.encode(truth, add_special_tokens=False).ids) / (q * q)
-                for key, cap in (("le5x", 5.0), ("le10x", 10.0)):
-                    if ratio <= cap:
-                        by_ratio[key].append(p)
-                if sample is None and b == BUCKETS[1]:
-                    sample = {"truth": truth[:300], "pred": pred[:300]}
+        for b, truth, pred, n_tok in decode_pages(model, pages, tier.split("/")[0], tok, prompt_ids, image_id, eos,
+                                                  dev, pixels_fn, batch):
+            p = precision(pred, truth)
+            per_bucket.setdefault(bucket_name(b), []).append(p)
+            for key, cap in (("le5x", 5.0), ("le10x", 10.0)):
+                if n_tok / (q * q) <= cap:
+                    by_ratio[key].append(p)
+            if sample is None and b == BUCKETS[1]:
+                sample = {"truth": truth[:300], "pred": pred[:300]}
         allp = [x for v in per_bucket.values() for x in v]
         out[tier] = {"all": round(sum(allp) / max(1, len(allp)), 4), "n": len(allp),
                      **{k: round(sum(v) / len(v), 4) for k, v in per_bucket.items()},
                      **{k: round(sum(v) / len(v), 4) for k, v in by_ratio.items() if v},
                      **{f"n_{k}": len(v) for k, v in by_ratio.items()}, "sample": sample}
     return out
-
-
-def pixels(u8: torch.Tensor) -> torch.Tensor:
-    """uint8 grey pages [B, H, W] → the model's [B, 3, H, W] input in [-1, 1]."""
-    return u8.float().div(127.5).sub(1.0).unsqueeze(1).expand(-1, 3, -1, -1)
 
 
 def load_exported(model_dir: str, dev: torch.device):
@@ -256,11 +261,11 @@ def main() -> None:
             labels = torch.cat([torch.full_like(head, -100), tg], 1)
             mask = torch.zeros_like(ids, dtype=torch.bool)
             mask[:, 1:1 + n] = True
-            real = model(ids, pixel_values=pixels(imgs), images_seq_mask=mask, labels=labels, return_logits=False).loss
-            blank = model(ids, pixel_values=pixels(torch.full_like(imgs, 255)), images_seq_mask=mask, labels=labels,
+            real = model(ids, pixel_values=D.pixels(imgs), images_seq_mask=mask, labels=labels, return_logits=False).loss
+            blank = model(ids, pixel_values=D.pixels(torch.full_like(imgs, 255)), images_seq_mask=mask, labels=labels,
                           return_logits=False).loss
             tf[tier] = {"real": round(float(real), 4), "blank": round(float(blank), 4), "gap": round(float(blank - real), 4)}
-    greedy = greedy_precision(model, es, tok, prompt_ids, image_id, eos, dev, pixels)
+    greedy = greedy_precision(model, es, tok, prompt_ids, image_id, eos, dev, D.pixels)
     print(json.dumps({"model": args.model, "tf": tf, "greedy": greedy,
                       "unrelated_text_baseline": unrelated_baseline(es)}, ensure_ascii=False, indent=1))
 

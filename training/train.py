@@ -211,12 +211,6 @@ class Trainer(nn.Module):
         return ce, self.aux_head(vt) if self.use_aux else None, glyph, stages
 
 
-def pixels(images_u8: torch.Tensor) -> torch.Tensor:
-    """u8 [B,S,S] grayscale → normalised [B,3,S,S] (spec §2.1: (x/255 − 0.5)/0.5, three equal channels)."""
-    x = images_u8.float().div_(127.5).sub_(1.0)
-    return x.unsqueeze(1).expand(-1, 3, -1, -1)
-
-
 def build_inputs(targets: torch.Tensor, n_img: int, prompt_ids: list[int], image_id: int, eos: int):
     """[BOS] + N×<image> + prompt + target; labels = the target ids (and EOS), −100 elsewhere."""
     b, L = targets.shape
@@ -268,7 +262,7 @@ def overfit_greedy(model, dcfg: dict, tok, prompt_ids, image_id, eos, dev, rende
     for req, (header, pix) in zip(reqs, D.render_fixed(renderer, reqs)):
         if pix is not None and header["visible_text"].strip():
             es.greedy.setdefault(req["tier"], []).append(((0, 10**9), header, pix))
-    return E.greedy_precision(model, es, tok, prompt_ids, image_id, eos, dev, pixels)
+    return E.greedy_precision(model, es, tok, prompt_ids, image_id, eos, dev, D.pixels)
 
 
 def parse_max_chars(spec: str):
@@ -382,7 +376,7 @@ def main():
             q = 8
             ids, mask, labels = build_inputs(torch.full((2, 8), 100, device=dev), q * (q + 1) + 1, prompt_ids, image_id, eos)
             with torch.autocast(dev.type, dtype=torch.bfloat16):
-                ce, _, _, _ = trainer(ids, pixels(torch.full((2, 512, 512), 200, dtype=torch.uint8, device=dev)), mask, labels)
+                ce, _, _, _ = trainer(ids, D.pixels(torch.full((2, 512, 512), 200, dtype=torch.uint8, device=dev)), mask, labels)
             ce.backward()
         except (RuntimeError, NotImplementedError) as e:
             print(f"grouped_mm experts failed under autocast ({e}); using eager experts", flush=True)
@@ -457,14 +451,14 @@ def main():
                 imgs, tg = E.stack_pages(pages, dev)
                 q = D.TIER_PX[tier.split("/")[0]] // D.CELL_PX
                 ids, mask, labels = build_inputs(tg, q * (q + 1) + 1, prompt_ids, image_id, eos)
-                out = model(ids, pixel_values=pixels(imgs), images_seq_mask=mask, labels=labels, return_logits=False)
+                out = model(ids, pixel_values=D.pixels(imgs), images_seq_mask=mask, labels=labels, return_logits=False)
                 real = out.loss
                 gi = D.pad_indices([D.glyph_targets(p[0], classes, args.glyph_grid) for p in pages]).to(dev) \
                     if glyph_grid > 0 else None
                 # the stage heads on the real page's feature maps, kept by the hooks until the blank page's forward
                 stage_acc = {f"glyph_acc_{name}": round(float((glg.argmax(-1) == gcl).float().mean()), 4)
                              for name, glg, gcl in (trainer.stage_glyphs(gi, q) if gi is not None else [])}
-                blank = model(ids, pixel_values=pixels(torch.full_like(imgs, 255)), images_seq_mask=mask, labels=labels,
+                blank = model(ids, pixel_values=D.pixels(torch.full_like(imgs, 255)), images_seq_mask=mask, labels=labels,
                               return_logits=False).loss
                 lg = trainer.aux_head(out.vision_tokens).float()
                 tgt = aux_dense([D.aux_targets(p[0], classes) for p in pages], lg.shape)
@@ -543,7 +537,7 @@ def main():
         for g in opt.param_groups:
             g["lr"] = lr * g.get("lr_mult", 1.0)
         with torch.autocast(dev.type, dtype=torch.bfloat16):
-            ce, aux_logits, glyph, stages = net(ids, pixels(imgs), mask, labels, glyph_idx, enc_only)
+            ce, aux_logits, glyph, stages = net(ids, D.pixels(imgs), mask, labels, glyph_idx, enc_only)
             loss = 0.0
             if aux_logits is not None:
                 al = aux_loss(aux_logits, aux_idx)
@@ -602,7 +596,7 @@ def main():
         save(False)
         trainer.eval()
         t_g = time.time()
-        greedy = E.greedy_precision(model, evalset, tok, prompt_ids, image_id, eos, dev, pixels)
+        greedy = E.greedy_precision(model, evalset, tok, prompt_ids, image_id, eos, dev, D.pixels)
         if args.overfit:  # can it read back the very pages it trained on?
             greedy["overfit"] = overfit_greedy(model, dcfg, tok, prompt_ids, image_id, eos, dev, args.renderer)
         summary = {"event": "summary", "step": step, "pages_run": pages, "pages_total": pages_before + pages,

@@ -53,23 +53,16 @@ def main() -> None:
     # the same English pages as `evaluate.py --tf-pages 16 --per-bucket N`
     es = E.EvalSet.build(args.heldout, args.renderer, tok, 16, args.per_bucket, tiers=("small",), langs=("en",))
     pages = [p for p in es.greedy["small"] if p[0][0] in (300, 700, 1200)]
-    q = D.TIER_PX["small"] // D.CELL_PX
-    for i in range(0, len(pages), 6):
-        chunk = pages[i:i + 6]
-        imgs = torch.from_numpy(np.stack([p[2] for p in chunk]))
-        truths = [p[1]["visible_text"] for p in chunk]
-        max_new = min(1100, max(len(tok.encode(t, add_special_tokens=False).ids) for t in truths) + 16)
-        preds = E.greedy_decode(model, imgs, q * (q + 1) + 1, prompt_ids, image_id, eos, max_new, E.pixels, dev)
-        for (b, h, _), ids, t in zip(chunk, preds, truths):
-            pred = tok.decode(ids, skip_special_tokens=False)
-            at = drift_point(t, pred)
-            glyphs = list(D.glyph_positions(h))
-            k = sum(1 for c in t[:at] if not c.isspace())
-            y = glyphs[min(k, len(glyphs) - 1)][2] if glyphs else -1.0
-            print(json.dumps({"bucket": E.bucket_name(b), "chars": len(t), "precision": round(E.precision(pred, t), 3),
-                              "drift_at": at, "drift_y_px": round(float(y), 1), "token_row": int(y // D.CELL_PX),
-                              "y_frac_in_row": round((y % D.CELL_PX) / D.CELL_PX, 2)}), flush=True)
-
+    headers = [p[1] for p in pages]
+    decoded = E.decode_pages(model, pages, "small", tok, prompt_ids, image_id, eos, dev, D.pixels, batch=6)
+    for h, (b, t, pred, _) in zip(headers, decoded):
+        at = drift_point(t, pred)
+        glyphs = list(D.glyph_positions(h))
+        k = sum(1 for c in t[:at] if not c.isspace())
+        y = glyphs[min(k, len(glyphs) - 1)][2] if glyphs else -1.0
+        print(json.dumps({"bucket": E.bucket_name(b), "chars": len(t), "precision": round(E.precision(pred, t), 3),
+                          "drift_at": at, "drift_y_px": round(float(y), 1), "token_row": int(y // D.CELL_PX),
+                          "y_frac_in_row": round((y % D.CELL_PX) / D.CELL_PX, 2)}), flush=True)
 
 if __name__ == "__main__":
     main()

@@ -25,6 +25,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 sys.path.insert(0, os.path.join(ROOT, "training"))
 sys.path.insert(0, os.path.join(ROOT, "tools", "reference"))
 import data as D  # noqa: E402
+import evaluate as E  # noqa: E402
 import train as T  # noqa: E402
 
 
@@ -50,18 +51,13 @@ def main() -> None:
     ap.add_argument("--pages", type=int, default=8)
     ap.add_argument("--sizes", default="13,15,17,20,24,30,38")
     args = ap.parse_args()
-    from optimem_ref import DeepseekOCR
-    from tokenizers import Tokenizer
-
     torch.set_num_threads(1)
-    model = DeepseekOCR.from_pretrained(args.model, dtype=torch.float32).eval()
-    tok = Tokenizer.from_file(os.path.join(args.model, "tokenizer.json"))
+    model, _, image_id, eos, _ = E.load_exported(args.model, torch.device("cpu"))
     with open(args.aux_chars, encoding="utf-8") as f:
         classes = D.CharClasses(f.read().rstrip("\n"), 256)
     head = T.GlyphHead(model.config.decoder.hidden_size, classes.n, 8, 64)
     head.load_state_dict({k: v.float() for k, v in torch.load(args.glyph_head, map_location="cpu").items()})
     head.eval()
-    image_id = tok.token_to_id("<image>")
     corpus = D.Corpus(args.heldout, zh_share=0.0)
     for tier in ("small", "tiny"):
         q = D.TIER_PX[tier] // D.CELL_PX
@@ -73,12 +69,10 @@ def main() -> None:
             pages = [(h, p) for h, p in D.render_fixed(args.renderer, reqs) if p is not None]
             imgs = torch.from_numpy(np.stack([p for _, p in pages]))
             gi = D.pad_indices([D.glyph_targets(h, classes, 8) for h, _ in pages])
-            ids = torch.tensor([0] + [image_id] * n_img).expand(len(pages), -1)
-            mask = torch.zeros_like(ids, dtype=torch.bool)
-            mask[:, 1:1 + n_img] = True
+            # [BOS] + the image tokens: no prompt or target, only the vision tokens are read
+            ids, mask, _ = T.build_inputs(torch.zeros((len(pages), 0), dtype=torch.long), n_img, [], image_id, eos)
             with torch.no_grad():
-                pix = imgs.float().div(127.5).sub(1).unsqueeze(1).expand(-1, 3, -1, -1)
-                out = model(ids, pixel_values=pix, images_seq_mask=mask)
+                out = model(ids, pixel_values=D.pixels(imgs), images_seq_mask=mask)
                 logits, cls = head(out.vision_tokens, gi)
             acc = float((logits.argmax(-1) == cls).float().mean())
             ceil = probe_ceiling([h for h, _ in pages])
