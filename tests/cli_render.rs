@@ -180,3 +180,37 @@ fn render_stream_frames_pages_with_visible_text_and_glyph_centres() {
     let out = optimem(&["render-stream"], b"{\"text\": \"a\", \"turns\": []}\n");
     assert!(!out.status.success());
 }
+
+#[test]
+fn render_stream_top_lowers_the_text_and_rejects_what_does_not_fit() {
+    let input = concat!(
+        "{\"text\": \"Hello stream\", \"tier\": \"small\"}\n",
+        "{\"text\": \"Hello stream\", \"tier\": \"small\", \"top\": 500}\n",
+    );
+    let out = optimem(&["render-stream"], input.as_bytes());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (h1, _, rest) = frame(&out.stdout);
+    let (h2, _, _) = frame(rest);
+    assert_eq!(h2["visible_text"], "Hello stream");
+    let y = |h: &serde_json::Value| h["glyphs"][0][2].as_f64().expect("glyph y");
+    // 500 logical units of the 1024 canvas are 312.5 px at Small (640 px).
+    assert!(
+        (y(&h2) - y(&h1) - 312.5).abs() < 0.01,
+        "{} vs {}",
+        y(&h2),
+        y(&h1)
+    );
+    for bad in ["-1", "940", "1e9"] {
+        let line = format!("{{\"text\": \"a\", \"top\": {bad}}}\n");
+        let out = optimem(&["render-stream"], line.as_bytes());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("\"top\" must be between 0 and"),
+            "top {bad}: {err}"
+        );
+    }
+}

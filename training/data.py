@@ -107,13 +107,16 @@ def fitting_font_size(n_chars: int) -> float:
 
 def make_request(corpus: Corpus, rng: random.Random, max_chars: int, tier: str, shuffle: bool,
                  chat_share: float = 0.25, scramble: bool = False, long_page: bool = False,
-                 font_slack: float = 1.0) -> dict:
+                 font_slack: float = 1.0, low_page: bool = False) -> dict:
     """One render-stream request line: text (or chat turns), tier and font size. `shuffle` word-shuffles the
     text, `scramble` character-scrambles it (training-notes.md: text the language prior cannot predict).
     `long_page`: a dense page instead of the log-uniform length — between 35 % of max_chars and max_chars, in type
     no larger than fits (several text lines per vision-token row: the pages on which the decoder has to keep its place),
     or up to `font_slack` times that (larger type on a full page, as Fox pages fit theirs: overflow only shortens the
-    visible text)."""
+    visible text). `low_page`: the text starts 0-650 logical units down the page (overflow only shortens the visible
+    text), so that every row of vision tokens carries text to read, not only the top rows that most pages fill
+    (session 11: j15, trained with text always at the top, read the same text at the unrelated-text level from row 3
+    down)."""
     lo = 30
     if long_page:
         n_chars = int(rng.uniform(0.35 * max_chars, max_chars))
@@ -130,6 +133,8 @@ def make_request(corpus: Corpus, rng: random.Random, max_chars: int, tier: str, 
     elif shuffle:
         paras = [shuffle_words(p, rng) for p in paras]
     req: dict = {"tier": tier, "font_size": font_size}
+    if low_page:
+        req["top"] = round(rng.uniform(0.0, 650.0), 1)
     if rng.random() < chat_share and len(paras) >= 1:
         turns, i = [], 0
         while i < len(paras):
@@ -305,8 +310,9 @@ class PageBatches(torch.utils.data.IterableDataset):
             sc = u < cfg.get("scramble_share", 0.0)
             sh = sc or u < cfg.get("scramble_share", 0.0) + cfg["shuffle_share"]
             lp = rng.random() < cfg.get("long_share", 0.0)
+            low = rng.random() < cfg.get("low_share", 0.0)
             return make_request(corpus, rng, mc, tier, sh, scramble=sc, long_page=lp,
-                                font_slack=cfg.get("long_font_slack", 1.0)), sh
+                                font_slack=cfg.get("long_font_slack", 1.0), low_page=low), sh
 
         try:
             while True:

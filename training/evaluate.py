@@ -65,10 +65,11 @@ class EvalSet:
     @classmethod
     def build(cls, heldout_dir: str, renderer: str, tok, n_tf: int, per_bucket: int, seed: int = 12345,
               tiers=("tiny", "small"), max_target_tokens: int = 1024, tf_max_chars: int = 2500,
-              langs=("en",)) -> "EvalSet":
+              langs=("en",), low: bool = True) -> "EvalSet":
         """English pages under the plain tier keys ("small", "small/shuffled", ...); Chinese ones, when "zh" is in
         langs, under "<tier>/zh" (teacher-forced and greedy). Until session 10 the two were mixed 70 / 30 under one
-        key, so a model trained on English alone lost about a third of every figure to pages it never learned."""
+        key, so a model trained on English alone lost about a third of every figure to pages it never learned.
+        `low` adds "<tier>/low", English pages set lower on the page (greedy only)."""
         es = cls()
         for lang in langs:
             corpus = D.Corpus(heldout_dir, zh_share=1.0 if lang == "zh" else 0.0)
@@ -80,7 +81,33 @@ class EvalSet:
             es._add_tf(corpus, rng, srng, renderer, tok, n_tf, tiers, max_target_tokens, tf_max_chars,
                        variants=("", "/shuffled", "/scrambled") if lang == "en" else ("/zh",))
             es._add_greedy(corpus, rng, renderer, per_bucket, tiers, "" if lang == "en" else "/zh")
+            if lang == "en" and low:
+                es._add_low(corpus, random.Random(seed + 7), renderer, per_bucket, tiers)
         return es
+
+    def _add_low(self, corpus, rng, renderer, per_bucket, tiers):
+        """"<tier>/low": short pages (0-700 visible characters) whose text starts 150-550 logical units down the
+        page (render-stream's "top"), on rows of vision tokens that text starting at the top reaches only on long
+        pages. Session 11: j15 read such text at the unrelated-text level (diag/row_offset.py)."""
+        want = [b for b in BUCKETS if b[1] <= 700]
+        chosen: dict[tuple, list[dict]] = {b: [] for b in want}
+        for _ in range(40 * per_bucket * len(want)):
+            if all(len(v) >= per_bucket for v in chosen.values()):
+                break
+            b = min(chosen, key=lambda k: len(chosen[k]))
+            n = rng.randint(max(b[0], 60), b[1])
+            req = {"text": "\n".join(corpus.paragraphs(rng, n))[:n], "font_size": round(rng.uniform(17.0, 30.0), 1),
+                   "top": round(rng.uniform(150.0, 550.0)), "tier": "small"}
+            header, pix = D.render_fixed(renderer, [req])[0]
+            vis = len(header.get("visible_text", "")) if pix is not None else 0
+            for bb in want:
+                if vis > 0 and bb[0] <= vis < bb[1] and len(chosen[bb]) < per_bucket:
+                    chosen[bb].append(req)
+        for tier in tiers:
+            self.greedy[tier + "/low"] = []
+            for b, reqs_b in chosen.items():
+                for header, pix in D.render_fixed(renderer, [dict(r, tier=tier) for r in reqs_b]):
+                    self.greedy[tier + "/low"].append((b, header, pix))
 
     def _add_tf(self, corpus, rng, srng, renderer, tok, n_tf, tiers, max_target_tokens, tf_max_chars, variants):
         """Teacher-forced pages: medium lengths (up to tf_max_chars), identical requests at each tier: as written

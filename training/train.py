@@ -91,6 +91,9 @@ def parse_args():
                          "log-uniform in length")
     ap.add_argument("--long-font-slack", type=float, default=1.0,
                     help="dense pages draw their font size up to this many times what fits one page (1 = fits)")
+    ap.add_argument("--low-share", type=float, default=0.0,
+                    help="pages whose text starts 0-650 logical units down the page (every row of vision tokens "
+                         "gets text to read)")
     ap.add_argument("--zh-share", type=float, default=0.3)
     ap.add_argument("--eval-every", type=float, default=90)
     ap.add_argument("--ckpt-every", type=float, default=150)
@@ -428,7 +431,7 @@ def main():
         "curriculum": args.curriculum, "min_max_chars": args.min_max_chars, "max_chars": parse_max_chars(args.max_chars),
         "max_target_tokens": args.max_target_tokens, "shuffle_share": args.shuffle_share,
         "scramble_share": args.scramble_share, "long_share": args.long_share,
-        "long_font_slack": args.long_font_slack, "glyph_grid": glyph_grid,
+        "long_font_slack": args.long_font_slack, "low_share": args.low_share, "glyph_grid": glyph_grid,
         "overfit": args.overfit, "overfit_chars": args.overfit_chars, "overfit_seed": args.seed,
     }
     loader = torch.utils.data.DataLoader(

@@ -416,10 +416,24 @@ impl Page {
 
 /// Cuts lines into pages: a page takes lines while they fit in the content height (a page always takes at least one line).
 pub fn paginate(lines: Vec<Line>, config: &LayoutConfig) -> Vec<Page> {
+    paginate_below(lines, config, 0.0)
+}
+
+/// [`paginate`] with the first page's text starting `first_top` logical units below the top of the content area
+/// (blank space above it; later pages start at the top). Training pages use it so that text of any length is seen
+/// on every row of vision tokens. A `first_top` that leaves no room for the first line is ignored.
+pub fn paginate_below(lines: Vec<Line>, config: &LayoutConfig, first_top: f32) -> Vec<Page> {
     let mut pages: Vec<Page> = Vec::new();
     let mut cur: Vec<PlacedLine> = Vec::new();
-    let mut y = 0.0f32;
     let bottom = config.content_height();
+    let fits = |l: &Line| {
+        first_top.is_finite() && first_top > 0.0 && first_top + l.height <= bottom + 1e-3
+    };
+    let mut y = if lines.first().is_some_and(fits) {
+        first_top
+    } else {
+        0.0
+    };
     let gap = config.turn_gap * config.line_pitch();
     for line in lines {
         let pre = if line.rule_before && !cur.is_empty() {

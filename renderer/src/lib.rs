@@ -80,8 +80,14 @@ impl Renderer {
 
     /// Lays out a document and cuts it into pages. Empty plain text gives no pages.
     pub fn paginate(&mut self, doc: Document<'_>) -> Vec<Page> {
+        self.paginate_below(doc, 0.0)
+    }
+
+    /// [`Renderer::paginate`] with blank space above the text on the first page (`first_top` logical units; see
+    /// [`layout::paginate_below`]).
+    pub fn paginate_below(&mut self, doc: Document<'_>, first_top: f32) -> Vec<Page> {
         let lines = self.layouter.lines(doc);
-        layout::paginate(lines, self.layouter.config())
+        layout::paginate_below(lines, self.layouter.config(), first_top)
     }
 
     /// Draws a page at a tier's resolution.

@@ -255,3 +255,32 @@ fn downsampling_ages_a_page_to_each_lower_tier() {
     }
     assert!(downsample(&base, Tier::Large).is_err());
 }
+
+#[test]
+fn a_first_page_can_start_lower_and_the_text_flows_on() {
+    let text = "Near sharp, far blurry: the forgetting curve of an optical memory. ".repeat(120);
+    let cfg = LayoutConfig::default();
+    let plain = paginate(Document::Text(&text));
+    let lowered = RENDERER.with(|r| r.borrow_mut().paginate_below(Document::Text(&text), 300.0));
+    // Same text, in the same order, nothing lost; the first page holds fewer lines and the rest flows on.
+    assert_eq!(reassemble(&lowered, &[&text])[0], text);
+    assert!(lowered[0].lines.len() < plain[0].lines.len());
+    assert!((lowered[0].lines[0].top - (cfg.margin + 300.0)).abs() < 1e-3);
+    assert!((lowered[1].lines[0].top - cfg.margin).abs() < 1e-3);
+    let last = lowered[0].lines.last().expect("lines");
+    assert!(last.top + last.line.height <= cfg.margin + cfg.content_height() + 1e-3);
+    // Pixels: the band above the first line is blank, and the page is not.
+    let img = RENDERER.with(|r| r.borrow_mut().rasterize(&lowered[0], Tier::Small));
+    let band = (img.width as f32 * (cfg.margin + 300.0) / cfg.canvas) as usize - 2;
+    assert!(
+        img.pixels[..band * img.width as usize]
+            .iter()
+            .all(|&p| p == 255)
+    );
+    assert!(img.pixels.iter().any(|&p| p < 128));
+    // An offset that leaves no room for a line, or none at all, is the plain layout.
+    for top in [0.0, -5.0, f32::NAN, cfg.content_height()] {
+        let p = RENDERER.with(|r| r.borrow_mut().paginate_below(Document::Text(&text), top));
+        assert_eq!(p, plain, "first_top {top}");
+    }
+}

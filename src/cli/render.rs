@@ -138,6 +138,10 @@ struct StreamRequest {
     tier: Option<Tier>,
     #[serde(default)]
     font_size: Option<f32>,
+    /// Blank space above the text on the first page, in logical units of the canvas (training pages whose text
+    /// starts on any row of vision tokens).
+    #[serde(default)]
+    top: Option<f32>,
 }
 
 #[derive(Serialize)]
@@ -190,7 +194,16 @@ pub fn render_stream(tier: Tier, layout: LayoutConfig, all_pages: bool) -> Resul
             }
         };
         let renderer = &mut renderers[idx].1;
-        let pages = renderer.paginate(source.document());
+        let top = req.top.unwrap_or(0.0);
+        let room = renderer.config().content_height() - renderer.config().line_pitch();
+        if !(top.is_finite() && (0.0..=room).contains(&top)) {
+            bail!(
+                "stdin line {}: \"top\" must be between 0 and {room} (logical units above the text on a page \
+                 of font size {font_size}), got {top}",
+                i + 1
+            );
+        }
+        let pages = renderer.paginate_below(source.document(), top);
         let messages = source.messages();
         let wanted: &[Page] = if all_pages {
             &pages

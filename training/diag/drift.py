@@ -51,7 +51,7 @@ def main() -> None:
     dev = torch.device("cpu")
     model, tok, image_id, eos, prompt_ids = E.load_exported(args.model, dev)
     # the same English pages as `evaluate.py --tf-pages 16 --per-bucket N`
-    es = E.EvalSet.build(args.heldout, args.renderer, tok, 16, args.per_bucket, tiers=("small",), langs=("en",))
+    es = E.EvalSet.build(args.heldout, args.renderer, tok, 16, args.per_bucket, tiers=("small",), langs=("en",), low=False)
     pages = [p for p in es.greedy["small"] if p[0][0] in (300, 700, 1200)]
     headers = [p[1] for p in pages]
     decoded = E.decode_pages(model, pages, "small", tok, prompt_ids, image_id, eos, dev, D.pixels, batch=6)

@@ -74,12 +74,16 @@ def main() -> None:
             with torch.no_grad():
                 out = model(ids, pixel_values=D.pixels(imgs), images_seq_mask=mask)
                 logits, cls = head(out.vision_tokens, gi)
-            acc = float((logits.argmax(-1) == cls).float().mean())
+            hit = (logits.argmax(-1) == cls).float()
+            acc = float(hit.mean())
+            # the row of vision tokens each glyph lies in (sub-cell → token → row), for top-1 by row
+            row = gi[gi >= 0] // classes.n // 64 // q
+            by_row = [round(float(hit[row == r].mean()), 3) if bool((row == r).any()) else None for r in range(q)]
             ceil = probe_ceiling([h for h, _ in pages])
             print(json.dumps({"tier": tier, "font_size": fs, "px": round(fs * D.TIER_PX[tier] / 1024, 1),
                               "chars_per_page": round(sum(len(h["visible_text"]) for h, _ in pages) / len(pages)),
                               "glyph_top1": round(acc, 3), "ceiling": round(ceil, 3),
-                              "of_ceiling": round(acc / ceil, 3)}), flush=True)
+                              "of_ceiling": round(acc / ceil, 3), "top1_by_token_row": by_row}), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,86 @@
+"""Teacher-forced reading along a held-out page: next-token accuracy (argmax = truth) and loss, binned by the
+character offset of the token in the page's text, on the same English Small pages as `evaluate.py` (700-2,000
+characters). Greedy decoding of these pages drifts after a line or two (diag/drift.py); this tells whether the model
+still reads the rest of the page when it is given the right text so far (accuracy flat along the page: one error
+derails a greedy run, the decoder does not re-find its place) or not (accuracy falling with the offset: the decoder
+cannot find later lines even with the right prefix).
+
+Run from the repository root:
+
+    .venv-ref/bin/python training/diag/tf_by_position.py --model models/optimem-tiny --renderer target/release/optimem
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+sys.path.insert(0, os.path.join(ROOT, "training"))
+sys.path.insert(0, os.path.join(ROOT, "tools", "reference"))
+import data as D  # noqa: E402
+import evaluate as E  # noqa: E402
+from train import build_inputs  # noqa: E402
+
+BIN = 200  # characters per offset bin
+
+
+@torch.no_grad()
+def token_hits(model, page, tok, prompt_ids, image_id, eos, dev):
+    """[(char offset, row of vision tokens, argmax == truth, nats)] for every text token of one page,
+    teacher-forced."""
+    _, header, pix = page
+    q = D.TIER_PX["small"] // D.CELL_PX
+    n_img = q * (q + 1) + 1
+    enc = tok.encode(header["visible_text"], add_special_tokens=False)
+    tg = torch.tensor([enc.ids + [eos]], device=dev)
+    ids, mask, _ = build_inputs(tg, n_img, prompt_ids, image_id, eos)
+    imgs = torch.from_numpy(pix[None].copy()).to(dev)
+    logits = model(ids, pixel_values=D.pixels(imgs), images_seq_mask=mask).logits[0].float()
+    start = 1 + n_img + len(prompt_ids)  # the first text token is predicted from the position before it
+    pred = logits[start - 1: start - 1 + len(enc.ids)]
+    nll = torch.nn.functional.cross_entropy(pred, tg[0, : len(enc.ids)], reduction="none")
+    hit = pred.argmax(-1) == tg[0, : len(enc.ids)]
+    text = header["visible_text"]
+    ys = [y for _, _, y in D.glyph_positions(header)]
+    out = []
+    for (o, _), h, n in zip(enc.offsets, hit, nll):
+        k = sum(1 for c in text[:o] if not c.isspace())  # glyphs before the token: its first glyph is glyph k
+        row = int(ys[min(k, len(ys) - 1)] // D.CELL_PX) if ys else -1
+        out.append((o, row, bool(h), float(n)))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="models/optimem-tiny")
+    ap.add_argument("--renderer", required=True)
+    ap.add_argument("--heldout", default="training/data/corpus/heldout")
+    ap.add_argument("--per-bucket", type=int, default=6)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    dev = torch.device("cpu")
+    model, tok, image_id, eos, prompt_ids = E.load_exported(args.model, dev)
+    es = E.EvalSet.build(args.heldout, args.renderer, tok, 16, args.per_bucket, tiers=("small",), langs=("en",), low=False)
+    bins: dict[tuple, dict[str, list]] = {}
+    for page in es.greedy["small"]:
+        b = page[0]
+        if b[0] not in (300, 700, 1200):
+            continue
+        for off, row, hit, nll in token_hits(model, page, tok, prompt_ids, image_id, eos, dev):
+            name = E.bucket_name(b)
+            bins.setdefault((name, "chars"), {}).setdefault(f"{off // BIN * BIN}-{off // BIN * BIN + BIN}", []).append((hit, nll))
+            bins.setdefault((name, "token_row"), {}).setdefault(str(row), []).append((hit, nll))
+    for (bucket, by), groups in bins.items():
+        for key, v in sorted(groups.items(), key=lambda kv: int(kv[0].split("-")[0])):
+            print(json.dumps({"bucket": bucket, by: key, "tokens": len(v),
+                              "accuracy": round(sum(h for h, _ in v) / len(v), 3),
+                              "nats": round(sum(n for _, n in v) / len(v), 3)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
