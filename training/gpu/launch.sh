@@ -4,7 +4,7 @@
 # stays warm), then starts training in its own process session so it outlives this call; watch.sh follows it in
 # later calls. Each run keeps checkpoints and logs in its state folder $OSTATE (default /root/ostate): give runs
 # that go side by side on one GPU their own OSTATE (and fewer --workers each).
-# Usage: [OSTATE=/root/x] bash .gpu/launch.sh RUN_ID SECONDS [extra train.py args...]
+# Usage: [OSTATE=/root/x] [RESUME_DIR=folder] bash .gpu/launch.sh RUN_ID SECONDS [extra train.py args...]
 set -euo pipefail
 REPO=$(pwd)
 S=${OSTATE:-/root/ostate}
@@ -23,7 +23,10 @@ done
 # the code and tokenizer files are small: always this call's copy
 rm -rf "$W/training" "$W/ref"
 cp -r "$REPO/.gpu/training" "$REPO/.gpu/ref" "$REPO/.gpu/tokenizer.json" "$REPO/.gpu/aux_chars.txt" "$W"/
-if [ -d "$REPO/.gpu/resume" ] && [ ! -f "$S/ckpt.pt" ]; then RESUME="--resume $REPO/.gpu/resume"; else RESUME=""; fi
+# the first run of a state folder resumes from $RESUME_DIR (default the staged .gpu/resume; e.g. a grown copy made on
+# this machine for a side-by-side run), later ones from their own checkpoint
+R=${RESUME_DIR:-$REPO/.gpu/resume}
+if [ -d "$R" ] && [ ! -f "$S/ckpt.pt" ]; then RESUME="--resume $R"; else RESUME=""; fi
 if [ -f "$S/ckpt.pt" ]; then RESUME="--resume $S/ckpt.pt"; fi
 nvidia-smi --query-gpu=name,memory.used,memory.total,utilization.gpu --format=csv,noheader
 NGPU=${NGPU:-$(python3 -c "import torch; print(torch.cuda.device_count())")}
