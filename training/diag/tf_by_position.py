@@ -30,11 +30,11 @@ BIN = 200  # characters per offset bin
 
 
 @torch.no_grad()
-def token_hits(model, page, tok, prompt_ids, image_id, eos, dev):
-    """[(char offset, row of vision tokens, argmax == truth, nats)] for every text token of one page,
+def token_hits(model, page, tok, prompt_ids, image_id, eos, dev, tier: str = "small"):
+    """[(char offset, row of vision tokens, argmax == truth, nats)] for every text token of one page at `tier`,
     teacher-forced."""
     _, header, pix = page
-    q = D.TIER_PX["small"] // D.CELL_PX
+    q = D.TIER_PX[tier] // D.CELL_PX
     n_img = q * (q + 1) + 1
     enc = tok.encode(header["visible_text"], add_special_tokens=False)
     tg = torch.tensor([enc.ids + [eos]], device=dev)
