@@ -12,7 +12,8 @@ It checkpoints an exported folder (bf16 model.safetensors, config.json and token
 totals continued from the input's. It logs JSON lines, with teacher-forced probes at the start, at each save and at
 the end:
 - `top0` / `top200` / `top400`: diag/row_offset.py's texts at those offsets;
-- `short` / `long`: held-out Small pages of 300-700 / 700-2,000 characters;
+- `short` / `long`: held-out Small pages of 300-700 / 700-2,000 characters; `short_gap25`: the short ones with 25
+  positions skipped before the prompt (`--pos-gap`);
 - `tiny`: held-out Tiny pages of 300-2,000 characters.
 
     .venv-ref/bin/python training/finetune_cpu.py --model models/optimem-tiny --renderer target/release/optimem \\
@@ -39,7 +40,7 @@ sys.path.insert(0, os.path.join(HERE, "diag"))
 import data as D  # noqa: E402
 import evaluate as E  # noqa: E402
 from tf_by_position import token_hits  # noqa: E402
-from train import build_inputs  # noqa: E402
+from train import build_inputs, gapped_positions  # noqa: E402
 
 ENCODER = ("sam_model.", "vision_model.", "projector.", "image_newline", "view_seperator")
 
@@ -59,6 +60,7 @@ def probes(renderer: str, heldout: str, tok) -> dict[str, list]:
         out[f"top{top}"] = [((0, 1), h, p) for h, p in D.render_fixed(renderer, reqs)]
     es = E.EvalSet.build(heldout, renderer, tok, 2, 4, tiers=("tiny", "small"), langs=("en",), low=False)
     out["short"] = [p for p in es.greedy["small"] if p[0][0] == 300]
+    out["short_gap25"] = out["short"]  # the same pages, 25 positions skipped before the prompt
     out["long"] = [p for p in es.greedy["small"] if p[0][0] in (700, 1200)]
     out["tiny"] = [p for p in es.greedy["tiny"] if p[0][0] in (300, 700, 1200)]
     return out
@@ -72,7 +74,9 @@ def measure(model, pages_by_name: dict, tok, prompt_ids, image_id, eos, dev) -> 
     res = {}
     for name, pages in pages_by_name.items():
         tier = "tiny" if name == "tiny" else "small"
-        hits = [h for pg in pages for _, _, h, _ in token_hits(model, pg, tok, prompt_ids, image_id, eos, dev, tier)]
+        gap = 25 if name.endswith("_gap25") else 0
+        hits = [h for pg in pages for _, _, h, _ in token_hits(model, pg, tok, prompt_ids, image_id, eos, dev, tier,
+                                                                gap)]
         res[name] = round(sum(hits) / len(hits), 4)
     model.train(was)
     return res
@@ -111,6 +115,7 @@ def main() -> None:
     ap.add_argument("--max-target-tokens", type=int, default=1024)
     ap.add_argument("--long-share", type=float, default=0.5)
     ap.add_argument("--low-share", type=float, default=0.5)
+    ap.add_argument("--pos-gap", type=int, default=0, help="as train.py --pos-gap")
     ap.add_argument("--shuffle-share", type=float, default=0.4)
     ap.add_argument("--scramble-share", type=float, default=0.2)
     ap.add_argument("--threads", type=int, default=2)
@@ -180,13 +185,14 @@ def main() -> None:
             for i, t in enumerate(tgts):
                 tg[i, : len(t)] = torch.tensor(t)
             ids, mask, labels = build_inputs(tg, q * (q + 1) + 1, prompt_ids, image_id, eos)
+            pos, amask = gapped_positions(ids, q * (q + 1) + 1, args.pos_gap)
             frac = min(1.0, train_s() / args.seconds)
             lr = args.lr * min(1.0, (step + 1) / args.warmup) * (
                 args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
             for g in opt.param_groups:
                 g["lr"] = lr
             loss = model(ids, pixel_values=D.pixels(torch.from_numpy(np.stack(imgs))), images_seq_mask=mask,
-                         labels=labels, return_logits=False).loss
+                         labels=labels, return_logits=False, position_ids=pos, attention_mask=amask).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -94,6 +94,9 @@ def parse_args():
     ap.add_argument("--low-share", type=float, default=0.0,
                     help="pages whose text starts 0-650 logical units down the page (every row of vision tokens "
                          "gets text to read)")
+    ap.add_argument("--pos-gap", type=int, default=0,
+                    help="skip a random 0..N positions between the image block and the prompt (per page), so that the "
+                         "decoder cannot use its distance to the vision tokens as a pointer into the page")
     ap.add_argument("--zh-share", type=float, default=0.3)
     ap.add_argument("--eval-every", type=float, default=90)
     ap.add_argument("--ckpt-every", type=float, default=150)
@@ -199,7 +202,8 @@ class Trainer(nn.Module):
         self._stage_out.clear()
         return out
 
-    def forward(self, input_ids, pixel_values, images_seq_mask, labels, glyph_idx=None, encoder_only=False):
+    def forward(self, input_ids, pixel_values, images_seq_mask, labels, glyph_idx=None, encoder_only=False,
+                position_ids=None, attention_mask=None):
         """→ (CE loss or None when encoder_only, bag logits or None when unused, glyph (logits, classes) or None,
         the deep-supervision heads' [(stage, logits, classes)]). Every head runs here, inside forward, so that
         DistributedDataParallel sees each parameter used once per step."""
@@ -207,7 +211,7 @@ class Trainer(nn.Module):
             ce, vt = None, self.model.encode_images(pixel_values)
         else:
             out = self.model(input_ids, pixel_values=pixel_values, images_seq_mask=images_seq_mask, labels=labels,
-                             return_logits=False)
+                             return_logits=False, position_ids=position_ids, attention_mask=attention_mask)
             ce, vt = out.loss, out.vision_tokens
         glyph = self.glyph_head(vt, glyph_idx) if self.glyph_head is not None and glyph_idx is not None else None
         stages = self.stage_glyphs(glyph_idx, pixel_values.shape[-1] // D.CELL_PX) if glyph_idx is not None else []
@@ -225,6 +229,24 @@ def build_inputs(targets: torch.Tensor, n_img: int, prompt_ids: list[int], image
     mask = torch.zeros_like(ids, dtype=torch.bool)
     mask[:, 1:1 + n_img] = True
     return ids, mask, labels
+
+
+def gapped_positions(ids: torch.Tensor, n_img: int, max_gap: int, exact: bool = False):
+    """Position ids that skip a random 0..max_gap positions (per row) between the image block and the prompt, and
+    the all-ones attention mask without which transformers reads the jump as a packed-sequence boundary; (None, None)
+    when max_gap is 0. `exact`: every row skips max_gap (probes).
+
+    Session 11: j15 finds its place by distance, not by content. With 25 positions of gap its teacher-forced accuracy
+    on diag/row_offset.py's texts fell from 0.93 to 0.73, and with 50 to 0.43 (a blank page gives 0.25). A random
+    gap makes the distance from a text token to the vision tokens useless as a pointer into the page."""
+    if max_gap <= 0:
+        return None, None
+    b, t = ids.shape
+    gap = torch.full((b, 1), max_gap) if exact else torch.randint(0, max_gap + 1, (b, 1))
+    gap = gap.to(ids.device)
+    pos = torch.arange(t, device=ids.device).expand(b, -1).clone()
+    pos[:, 1 + n_img:] += gap
+    return pos, torch.ones_like(ids)
 
 
 def aux_loss(logits: torch.Tensor, aux_idx: torch.Tensor) -> torch.Tensor:
@@ -536,11 +558,12 @@ def main():
         enc_only = time.time() - t_loop < args.encoder_seconds  # counted from the first step, not the set-up
         q = imgs.shape[-1] // D.CELL_PX
         ids, mask, labels = build_inputs(tg, q * (q + 1) + 1, prompt_ids, image_id, eos)
+        pos, amask = gapped_positions(ids, q * (q + 1) + 1, args.pos_gap)
         lr = lr_at(step - step0, (args.sched_offset + elapsed) / sched_total, args)
         for g in opt.param_groups:
             g["lr"] = lr * g.get("lr_mult", 1.0)
         with torch.autocast(dev.type, dtype=torch.bfloat16):
-            ce, aux_logits, glyph, stages = net(ids, D.pixels(imgs), mask, labels, glyph_idx, enc_only)
+            ce, aux_logits, glyph, stages = net(ids, D.pixels(imgs), mask, labels, glyph_idx, enc_only, pos, amask)
             loss = 0.0
             if aux_logits is not None:
                 al = aux_loss(aux_logits, aux_idx)

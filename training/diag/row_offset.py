@@ -38,6 +38,9 @@ def main() -> None:
     ap.add_argument("--chars", type=int, default=350)
     ap.add_argument("--font-size", type=float, default=24.0)
     ap.add_argument("--tops", default="0,100,200,300,400,500,600", help="logical units of the 1024 canvas")
+    ap.add_argument("--gaps", default="0,25,50,100",
+                    help="then the texts at the top, with this many positions skipped between the image block and the "
+                         "prompt (train.py --pos-gap): a decoder that reads by content does not care")
     args = ap.parse_args()
     torch.set_num_threads(2)
     dev = torch.device("cpu")
@@ -64,6 +67,13 @@ def main() -> None:
                           "visible_chars": round(sum(len(p[1]["visible_text"]) for p in pages) / len(pages)),
                           "tf_accuracy": round(sum(hits) / len(hits), 3),
                           "greedy_precision": round(sum(prec) / len(prec), 3)}), flush=True)
+    reqs = [{"text": t, "font_size": args.font_size, "tier": "small"} for t in texts]
+    pages = [((0, 1), h, p) for h, p in D.render_fixed(args.renderer, reqs)]
+    for gap in (int(g) for g in args.gaps.split(",") if g.strip()):
+        hits = [h for page in pages
+                for _, _, h, _ in token_hits(model, page, tok, prompt_ids, image_id, eos, dev, "small", gap)]
+        print(json.dumps({"top": 0.0, "position_gap": gap, "tf_accuracy": round(sum(hits) / len(hits), 3)}),
+              flush=True)
 
 
 if __name__ == "__main__":

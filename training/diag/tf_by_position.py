@@ -24,15 +24,15 @@ sys.path.insert(0, os.path.join(ROOT, "training"))
 sys.path.insert(0, os.path.join(ROOT, "tools", "reference"))
 import data as D  # noqa: E402
 import evaluate as E  # noqa: E402
-from train import build_inputs  # noqa: E402
+from train import build_inputs, gapped_positions  # noqa: E402
 
 BIN = 200  # characters per offset bin
 
 
 @torch.no_grad()
-def token_hits(model, page, tok, prompt_ids, image_id, eos, dev, tier: str = "small"):
+def token_hits(model, page, tok, prompt_ids, image_id, eos, dev, tier: str = "small", gap: int = 0):
     """[(char offset, row of vision tokens, argmax == truth, nats)] for every text token of one page at `tier`,
-    teacher-forced."""
+    teacher-forced; `gap` positions skipped between the image block and the prompt (train.gapped_positions)."""
     _, header, pix = page
     q = D.TIER_PX[tier] // D.CELL_PX
     n_img = q * (q + 1) + 1
@@ -40,7 +40,9 @@ def token_hits(model, page, tok, prompt_ids, image_id, eos, dev, tier: str = "sm
     tg = torch.tensor([enc.ids + [eos]], device=dev)
     ids, mask, _ = build_inputs(tg, n_img, prompt_ids, image_id, eos)
     imgs = torch.from_numpy(pix[None].copy()).to(dev)
-    logits = model(ids, pixel_values=D.pixels(imgs), images_seq_mask=mask).logits[0].float()
+    pos, amask = gapped_positions(ids, n_img, gap, exact=True)
+    logits = model(ids, pixel_values=D.pixels(imgs), images_seq_mask=mask, position_ids=pos,
+                   attention_mask=amask).logits[0].float()
     start = 1 + n_img + len(prompt_ids)  # the first text token is predicted from the position before it
     pred = logits[start - 1: start - 1 + len(enc.ids)]
     nll = torch.nn.functional.cross_entropy(pred, tg[0, : len(enc.ids)], reduction="none")
