@@ -10,7 +10,6 @@ line or two, at no particular token row). Run from the repository root:
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import json
 import os
@@ -24,6 +23,7 @@ sys.path.insert(0, os.path.join(ROOT, "training"))
 sys.path.insert(0, os.path.join(ROOT, "tools", "reference"))
 import data as D  # noqa: E402
 import evaluate as E  # noqa: E402
+from common import heldout_small_pages  # noqa: E402
 
 
 def drift_point(truth: str, pred: str) -> int:
@@ -41,18 +41,8 @@ def drift_point(truth: str, pred: str) -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="models/optimem-tiny")
-    ap.add_argument("--renderer", required=True)
-    ap.add_argument("--heldout", default="training/data/corpus/heldout")
-    ap.add_argument("--per-bucket", type=int, default=6)
-    args = ap.parse_args()
-    torch.set_num_threads(1)
+    model, tok, image_id, eos, prompt_ids, pages = heldout_small_pages(threads=1)
     dev = torch.device("cpu")
-    model, tok, image_id, eos, prompt_ids = E.load_exported(args.model, dev)
-    # the same English pages as `evaluate.py --tf-pages 16 --per-bucket N`
-    es = E.EvalSet.build(args.heldout, args.renderer, tok, 16, args.per_bucket, tiers=("small",), langs=("en",), low=False)
-    pages = [p for p in es.greedy["small"] if p[0][0] in (300, 700, 1200)]
     headers = [p[1] for p in pages]
     decoded = E.decode_pages(model, pages, "small", tok, prompt_ids, image_id, eos, dev, D.pixels, batch=6)
     for h, (b, t, pred, _) in zip(headers, decoded):

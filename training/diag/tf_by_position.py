@@ -12,7 +12,6 @@ Run from the repository root:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -25,6 +24,7 @@ sys.path.insert(0, os.path.join(ROOT, "tools", "reference"))
 import data as D  # noqa: E402
 import evaluate as E  # noqa: E402
 from train import build_inputs, gapped_positions  # noqa: E402
+from common import heldout_small_pages  # noqa: E402
 
 BIN = 200  # characters per offset bin
 
@@ -58,21 +58,11 @@ def token_hits(model, page, tok, prompt_ids, image_id, eos, dev, tier: str = "sm
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="models/optimem-tiny")
-    ap.add_argument("--renderer", required=True)
-    ap.add_argument("--heldout", default="training/data/corpus/heldout")
-    ap.add_argument("--per-bucket", type=int, default=6)
-    args = ap.parse_args()
-    torch.set_num_threads(2)
+    model, tok, image_id, eos, prompt_ids, pages = heldout_small_pages(threads=2)
     dev = torch.device("cpu")
-    model, tok, image_id, eos, prompt_ids = E.load_exported(args.model, dev)
-    es = E.EvalSet.build(args.heldout, args.renderer, tok, 16, args.per_bucket, tiers=("small",), langs=("en",), low=False)
     bins: dict[tuple, dict[str, list]] = {}
-    for page in es.greedy["small"]:
+    for page in pages:
         b = page[0]
-        if b[0] not in (300, 700, 1200):
-            continue
         for off, row, hit, nll in token_hits(model, page, tok, prompt_ids, image_id, eos, dev):
             name = E.bucket_name(b)
             bins.setdefault((name, "chars"), {}).setdefault(f"{off // BIN * BIN}-{off // BIN * BIN + BIN}", []).append((hit, nll))
