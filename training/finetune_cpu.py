@@ -148,7 +148,7 @@ def main() -> None:
     log({"event": "start", "trainable": sum(p.numel() for p in params), "probe_pages": {k: len(v) for k, v in probe.items()},
          "tf_acc": measure(model, probe, tok, prompt_ids, image_id, eos, dev), "args": vars(args)})
     corpus = D.Corpus(args.corpus, zh_share=0.0)
-    rng = random.Random(args.seed)
+    rng = random.Random(args.seed * 1000003 + pages0)  # a continued run draws new pages, not its first ones again
     rs = D.RenderStream(args.renderer)
     t0 = time.time()
     next_save, step, pages, probe_s = args.save_every, 0, 0, 0.0
