@@ -89,25 +89,14 @@ class EvalSet:
         """"<tier>/low": short pages (0-700 visible characters) whose text starts 150-550 logical units down the
         page (render-stream's "top"), on rows of vision tokens that text starting at the top reaches only on long
         pages. Session 11: j15 read such text at the unrelated-text level (diag/row_offset.py)."""
-        want = [b for b in BUCKETS if b[1] <= 700]
-        chosen: dict[tuple, list[dict]] = {b: [] for b in want}
-        for _ in range(40 * per_bucket * len(want)):
-            if all(len(v) >= per_bucket for v in chosen.values()):
-                break
-            b = min(chosen, key=lambda k: len(chosen[k]))
+
+        def request(b):
             n = rng.randint(max(b[0], 60), b[1])
-            req = {"text": "\n".join(corpus.paragraphs(rng, n))[:n], "font_size": round(rng.uniform(17.0, 30.0), 1),
-                   "top": round(rng.uniform(150.0, 550.0)), "tier": "small"}
-            header, pix = D.render_fixed(renderer, [req])[0]
-            vis = len(header.get("visible_text", "")) if pix is not None else 0
-            for bb in want:
-                if vis > 0 and bb[0] <= vis < bb[1] and len(chosen[bb]) < per_bucket:
-                    chosen[bb].append(req)
-        for tier in tiers:
-            self.greedy[tier + "/low"] = []
-            for b, reqs_b in chosen.items():
-                for header, pix in D.render_fixed(renderer, [dict(r, tier=tier) for r in reqs_b]):
-                    self.greedy[tier + "/low"].append((b, header, pix))
+            return {"text": "\n".join(corpus.paragraphs(rng, n))[:n], "font_size": round(rng.uniform(17.0, 30.0), 1),
+                    "top": round(rng.uniform(150.0, 550.0)), "tier": "small"}
+
+        chosen = _fill_buckets(renderer, [b for b in BUCKETS if b[1] <= 700], per_bucket, request)
+        self._render_tiers(renderer, chosen, tiers, "/low")
 
     def _add_tf(self, corpus, rng, srng, renderer, tok, n_tf, tiers, max_target_tokens, tf_max_chars, variants):
         """Teacher-forced pages: medium lengths (up to tf_max_chars), identical requests at each tier: as written
@@ -135,28 +124,45 @@ class EvalSet:
 
     def _add_greedy(self, corpus, rng, renderer, per_bucket, tiers, suffix):
         """per_bucket pages in each length bucket (visible characters), in type no larger than fits the bucket."""
-        chosen: dict[tuple, list[dict]] = {b: [] for b in BUCKETS}
-        tries = 0
-        while any(len(v) < per_bucket for v in chosen.values()) and tries < 40 * per_bucket * len(BUCKETS):
-            tries += 1
-            b = min(chosen, key=lambda k: len(chosen[k]))
+
+        def request(b):
             lo, hi = b
             hi_eff = min(hi, 4500)
             n = rng.randint(max(lo, 60), hi_eff)
             fs_max = D.fitting_font_size(hi_eff)
             fs = round(rng.uniform(15.0 if lo >= 2000 else 17.0, max(17.0, min(40.0, fs_max))), 1)
-            req = {"text": "\n".join(corpus.paragraphs(rng, n))[:n], "font_size": fs, "tier": "small"}
-            header, pix = D.render_fixed(renderer, [req])[0]
-            vis = len(header.get("visible_text", "")) if pix is not None else 0
-            for bb in BUCKETS:
-                if bb[0] <= vis < bb[1] and len(chosen[bb]) < per_bucket and vis > 0:
-                    chosen[bb].append(req)
+            return {"text": "\n".join(corpus.paragraphs(rng, n))[:n], "font_size": fs, "tier": "small"}
+
+        self._render_tiers(renderer, _fill_buckets(renderer, BUCKETS, per_bucket, request), tiers, suffix)
+
+    def _render_tiers(self, renderer, chosen: dict, tiers, suffix: str) -> None:
+        """The chosen requests of every bucket rendered at each tier, as greedy pages under "<tier><suffix>"."""
         for tier in tiers:
-            self.greedy[tier + suffix] = []
-            for b, reqs_b in chosen.items():
-                rendered = D.render_fixed(renderer, [dict(r, tier=tier) for r in reqs_b])
-                for header, pix in rendered:
-                    self.greedy[tier + suffix].append((b, header, pix))
+            reqs = [(b, dict(r, tier=tier)) for b, reqs_b in chosen.items() for r in reqs_b]
+            rendered = D.render_fixed(renderer, [r for _, r in reqs])
+            self.greedy[tier + suffix] = [(b, header, pix) for (b, _), (header, pix) in zip(reqs, rendered)]
+
+
+def _fill_buckets(renderer: str, buckets, per_bucket: int, request) -> dict:
+    """Up to per_bucket requests for each bucket of visible characters: `request(bucket)` draws a candidate for the
+    emptiest bucket, which is rendered (one renderer process for all) and kept in whichever bucket its visible text
+    falls in while that one has room. At most 40 candidates per page wanted."""
+    chosen: dict[tuple, list[dict]] = {b: [] for b in buckets}
+    rs = D.RenderStream(renderer)
+    try:
+        for _ in range(40 * per_bucket * len(buckets)):
+            if all(len(v) >= per_bucket for v in chosen.values()):
+                break
+            req = request(min(chosen, key=lambda k: len(chosen[k])))
+            rs.submit(req)
+            header, pix, _ = rs.receive()
+            vis = len(header.get("visible_text", "")) if pix is not None else 0
+            for b in buckets:
+                if vis > 0 and b[0] <= vis < b[1] and len(chosen[b]) < per_bucket:
+                    chosen[b].append(req)
+    finally:
+        rs.close()
+    return chosen
 
 
 def stack_pages(pages, dev):
@@ -268,6 +274,10 @@ def main() -> None:
     ap.add_argument("--per-bucket", type=int, default=6)
     ap.add_argument("--langs", default="en,zh", help="held-out languages, each reported on its own")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--greedy-only", default="",
+                    help="comma-separated greedy sets (e.g. small/low,tiny/low): decode only these, no teacher-forced "
+                         "figures; the pages are the same as in a full run, so a model measured before a set existed "
+                         "can be measured on it alone")
     args = ap.parse_args()
     sys.path.insert(0, os.path.abspath(args.ref))
     dev = torch.device(args.device)
@@ -276,6 +286,13 @@ def main() -> None:
     model, tok, image_id, eos, prompt_ids = load_exported(args.model, dev)
 
     es = EvalSet.build(args.heldout, args.renderer, tok, args.tf_pages, args.per_bucket, langs=tuple(args.langs.split(",")))
+    if args.greedy_only:
+        keys = [k.strip() for k in args.greedy_only.split(",") if k.strip()]
+        unknown = [k for k in keys if k not in es.greedy]
+        if unknown:
+            raise SystemExit(f"--greedy-only: no greedy set {unknown}; there are {sorted(es.greedy)}")
+        es.greedy = {k: es.greedy[k] for k in keys}
+        es.tf = {}
     tf = {}
     with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16):
         for tier, pages in es.tf.items():

@@ -39,25 +39,17 @@ sys.path.insert(0, os.path.join(HERE, "..", "tools", "reference"))
 sys.path.insert(0, os.path.join(HERE, "diag"))
 import data as D  # noqa: E402
 import evaluate as E  # noqa: E402
+from common import pages_at, prose_texts  # noqa: E402
 from tf_by_position import token_hits  # noqa: E402
-from train import build_inputs, gapped_positions  # noqa: E402
+from train import build_inputs, gapped_positions, noisy_inputs  # noqa: E402
 
 ENCODER = ("sam_model.", "vision_model.", "projector.", "image_newline", "view_seperator")
 
 
 def probes(renderer: str, heldout: str, tok) -> dict[str, list]:
     """The probe pages (bucket, header, pixels) by name; fixed seeds, so every checkpoint sees the same pages."""
-    corpus = D.Corpus(heldout, zh_share=0.0)
-    rng = random.Random(3)
-    texts: list[str] = []
-    while len(texts) < 8:  # the texts of diag/row_offset.py (same seed, length and rule)
-        t = " ".join(" ".join(corpus.paragraphs(rng, 350)).split())[:350]
-        if len(t) > 315:
-            texts.append(t)
-    out = {}
-    for top in (0, 200, 400):
-        reqs = [{"text": t, "font_size": 24.0, "tier": "small", "top": float(top)} for t in texts]
-        out[f"top{top}"] = [((0, 1), h, p) for h, p in D.render_fixed(renderer, reqs)]
+    texts = prose_texts(heldout, 8, 350)  # the texts of diag/row_offset.py
+    out = {f"top{top}": pages_at(renderer, texts, 24.0, float(top)) for top in (0, 200, 400)}
     es = E.EvalSet.build(heldout, renderer, tok, 2, 4, tiers=("tiny", "small"), langs=("en",), low=False)
     out["short"] = [p for p in es.greedy["small"] if p[0][0] == 300]
     out["short_gap25"] = out["short"]  # the same pages, 25 positions skipped before the prompt
@@ -116,6 +108,7 @@ def main() -> None:
     ap.add_argument("--long-share", type=float, default=0.5)
     ap.add_argument("--low-share", type=float, default=0.5)
     ap.add_argument("--pos-gap", type=int, default=0, help="as train.py --pos-gap")
+    ap.add_argument("--token-noise", type=float, default=0.0, help="as train.py --token-noise")
     ap.add_argument("--shuffle-share", type=float, default=0.4)
     ap.add_argument("--scramble-share", type=float, default=0.2)
     ap.add_argument("--threads", type=int, default=2)
@@ -186,6 +179,7 @@ def main() -> None:
                 tg[i, : len(t)] = torch.tensor(t)
             ids, mask, labels = build_inputs(tg, q * (q + 1) + 1, prompt_ids, image_id, eos)
             pos, amask = gapped_positions(ids, q * (q + 1) + 1, args.pos_gap)
+            ids = noisy_inputs(ids, labels, args.token_noise, eos)
             frac = min(1.0, train_s() / args.seconds)
             lr = args.lr * min(1.0, (step + 1) / args.warmup) * (
                 args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))

@@ -421,18 +421,15 @@ pub fn paginate(lines: Vec<Line>, config: &LayoutConfig) -> Vec<Page> {
 
 /// [`paginate`] with the first page's text starting `first_top` logical units below the top of the content area
 /// (blank space above it; later pages start at the top). Training pages use it so that text of any length is seen
-/// on every row of vision tokens. A `first_top` that leaves no room for the first line is ignored.
+/// on every row of vision tokens. The offset is held to what leaves the first line on the page (a negative or
+/// non-finite one is 0); [`crate::Renderer::paginate_below`] refuses one beyond a line pitch short of the bottom.
 pub fn paginate_below(lines: Vec<Line>, config: &LayoutConfig, first_top: f32) -> Vec<Page> {
     let mut pages: Vec<Page> = Vec::new();
     let mut cur: Vec<PlacedLine> = Vec::new();
     let bottom = config.content_height();
-    let fits = |l: &Line| {
-        first_top.is_finite() && first_top > 0.0 && first_top + l.height <= bottom + 1e-3
-    };
-    let mut y = if lines.first().is_some_and(fits) {
-        first_top
-    } else {
-        0.0
+    let mut y = match lines.first() {
+        Some(l) if first_top.is_finite() => first_top.min(bottom - l.height).max(0.0),
+        _ => 0.0,
     };
     let gap = config.turn_gap * config.line_pitch();
     for line in lines {

@@ -48,6 +48,12 @@ pub enum RenderError {
     /// PNG encoding or decoding failed (corrupt or unsupported image).
     #[error("PNG: {0}")]
     Png(String),
+    /// Blank space asked for above the text that is negative, not a number, or leaves no room for a line.
+    #[error(
+        "\"top\" must be between 0 and {max} (logical units above the text on the first page: the content height \
+         less one line at this font size), got {top}"
+    )]
+    BadTop { top: f32, max: f32 },
 }
 
 /// A glyph's position for training and inspection: the byte offset of its character in the page's visible text, and its
@@ -80,14 +86,36 @@ impl Renderer {
 
     /// Lays out a document and cuts it into pages. Empty plain text gives no pages.
     pub fn paginate(&mut self, doc: Document<'_>) -> Vec<Page> {
-        self.paginate_below(doc, 0.0)
+        let lines = self.layouter.lines(doc);
+        layout::paginate(lines, self.layouter.config())
     }
 
-    /// [`Renderer::paginate`] with blank space above the text on the first page (`first_top` logical units; see
-    /// [`layout::paginate_below`]).
-    pub fn paginate_below(&mut self, doc: Document<'_>, first_top: f32) -> Vec<Page> {
+    /// [`Renderer::paginate`] with blank space above the text on the first page: `first_top` logical units, from 0
+    /// to [`Renderer::max_top`] (see [`layout::paginate_below`]); anything else is [`RenderError::BadTop`].
+    pub fn paginate_below(
+        &mut self,
+        doc: Document<'_>,
+        first_top: f32,
+    ) -> Result<Vec<Page>, RenderError> {
+        let max = self.max_top();
+        if !(first_top.is_finite() && (0.0..=max).contains(&first_top)) {
+            return Err(RenderError::BadTop {
+                top: first_top,
+                max,
+            });
+        }
         let lines = self.layouter.lines(doc);
-        layout::paginate_below(lines, self.layouter.config(), first_top)
+        Ok(layout::paginate_below(
+            lines,
+            self.layouter.config(),
+            first_top,
+        ))
+    }
+
+    /// The most blank space [`Renderer::paginate_below`] takes above the text: the content height less one line pitch.
+    pub fn max_top(&self) -> f32 {
+        let config = self.layouter.config();
+        config.content_height() - config.line_pitch()
     }
 
     /// Draws a page at a tier's resolution.

@@ -2,7 +2,9 @@
 
 use std::cell::RefCell;
 
-use optimem_renderer::{Document, GrayImage, LayoutConfig, Page, Renderer, Tier, Turn, downsample};
+use optimem_renderer::{
+    Document, GrayImage, LayoutConfig, Page, RenderError, Renderer, Tier, Turn, downsample,
+};
 use proptest::prelude::*;
 use sha2::{Digest, Sha256};
 
@@ -261,7 +263,9 @@ fn a_first_page_can_start_lower_and_the_text_flows_on() {
     let text = "Near sharp, far blurry: the forgetting curve of an optical memory. ".repeat(120);
     let cfg = LayoutConfig::default();
     let plain = paginate(Document::Text(&text));
-    let lowered = RENDERER.with(|r| r.borrow_mut().paginate_below(Document::Text(&text), 300.0));
+    let lowered = RENDERER
+        .with(|r| r.borrow_mut().paginate_below(Document::Text(&text), 300.0))
+        .expect("300 units leave room");
     // Same text, in the same order, nothing lost; the first page holds fewer lines and the rest flows on.
     assert_eq!(reassemble(&lowered, &[&text])[0], text);
     assert!(lowered[0].lines.len() < plain[0].lines.len());
@@ -278,9 +282,31 @@ fn a_first_page_can_start_lower_and_the_text_flows_on() {
             .all(|&p| p == 255)
     );
     assert!(img.pixels.iter().any(|&p| p < 128));
-    // An offset that leaves no room for a line, or none at all, is the plain layout.
-    for top in [0.0, -5.0, f32::NAN, cfg.content_height()] {
-        let p = RENDERER.with(|r| r.borrow_mut().paginate_below(Document::Text(&text), top));
-        assert_eq!(p, plain, "first_top {top}");
+    // No offset is the plain layout; the largest one leaves one line on the first page.
+    let zero = RENDERER.with(|r| r.borrow_mut().paginate_below(Document::Text(&text), 0.0));
+    assert_eq!(zero.expect("0 is valid"), plain);
+    let max = RENDERER.with(|r| r.borrow().max_top());
+    assert!((max - (cfg.content_height() - cfg.line_pitch())).abs() < 1e-3);
+    let lowest = RENDERER
+        .with(|r| r.borrow_mut().paginate_below(Document::Text(&text), max))
+        .expect("max_top is valid");
+    assert_eq!(lowest[0].lines.len(), 1);
+    assert_eq!(reassemble(&lowest, &[&text])[0], text);
+    // An offset that is negative, not a number, or leaves no room for a line is refused, naming the bound.
+    for top in [
+        -5.0,
+        f32::NAN,
+        f32::INFINITY,
+        max + 1.0,
+        cfg.content_height(),
+    ] {
+        let err = RENDERER
+            .with(|r| r.borrow_mut().paginate_below(Document::Text(&text), top))
+            .expect_err("refused");
+        assert!(
+            matches!(err, RenderError::BadTop { .. })
+                && err.to_string().contains(&format!("between 0 and {max}")),
+            "first_top {top}: {err}"
+        );
     }
 }

@@ -194,16 +194,9 @@ pub fn render_stream(tier: Tier, layout: LayoutConfig, all_pages: bool) -> Resul
             }
         };
         let renderer = &mut renderers[idx].1;
-        let top = req.top.unwrap_or(0.0);
-        let room = renderer.config().content_height() - renderer.config().line_pitch();
-        if !(top.is_finite() && (0.0..=room).contains(&top)) {
-            bail!(
-                "stdin line {}: \"top\" must be between 0 and {room} (logical units above the text on a page \
-                 of font size {font_size}), got {top}",
-                i + 1
-            );
-        }
-        let pages = renderer.paginate_below(source.document(), top);
+        let pages = renderer
+            .paginate_below(source.document(), req.top.unwrap_or(0.0))
+            .with_context(|| format!("stdin line {} (font size {font_size})", i + 1))?;
         let messages = source.messages();
         let wanted: &[Page] = if all_pages {
             &pages

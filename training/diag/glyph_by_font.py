@@ -6,7 +6,7 @@ Where it fits: a CPU diagnostic for training/RESULTS.md (session 10: the encoder
 93-99 % of the ceiling and degrades below 10 px). Run from the repository root:
 
     .venv-ref/bin/python training/diag/glyph_by_font.py --model models/optimem-tiny \
-        --glyph-head training/logs/j15-glyph_head.pt --renderer target/release/optimem
+        --glyph-head training/logs/j18-glyph_head.pt --renderer target/release/optimem
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 
 import torch
@@ -26,6 +25,7 @@ sys.path.insert(0, os.path.join(ROOT, "tools", "reference"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import data as D  # noqa: E402
 import evaluate as E  # noqa: E402
+from common import pages_at, prose_texts  # noqa: E402
 from tf_by_position import token_hits  # noqa: E402
 
 
@@ -45,16 +45,9 @@ def main() -> None:
     torch.set_num_threads(2)
     dev = torch.device("cpu")
     model, tok, image_id, eos, prompt_ids = E.load_exported(args.model, dev)
-    corpus = D.Corpus(args.heldout, zh_share=0.0)
-    rng = random.Random(3)
-    texts: list[str] = []
-    while len(texts) < args.pages:  # one paragraph of prose per page, whitespace collapsed
-        t = " ".join(" ".join(corpus.paragraphs(rng, args.chars)).split())[: args.chars]
-        if len(t) > 0.9 * args.chars:
-            texts.append(t)
+    texts = prose_texts(args.heldout, args.pages, args.chars)
     for top in (float(t) for t in args.tops.split(",")):
-        reqs = [{"text": t, "font_size": args.font_size, "tier": "small", "top": top} for t in texts]
-        pages = [((0, 1), h, p) for h, p in D.render_fixed(args.renderer, reqs)]
+        pages = pages_at(args.renderer, texts, args.font_size, top)
         hits, rows = [], set()
         for page in pages:
             for _, row, hit, _ in token_hits(model, page, tok, prompt_ids, image_id, eos, dev):
@@ -67,8 +60,7 @@ def main() -> None:
                           "visible_chars": round(sum(len(p[1]["visible_text"]) for p in pages) / len(pages)),
                           "tf_accuracy": round(sum(hits) / len(hits), 3),
                           "greedy_precision": round(sum(prec) / len(prec), 3)}), flush=True)
-    reqs = [{"text": t, "font_size": args.font_size, "tier": "small"} for t in texts]
-    pages = [((0, 1), h, p) for h, p in D.render_fixed(args.renderer, reqs)]
+    pages = pages_at(args.renderer, texts, args.font_size)
     for gap in (int(g) for g in args.gaps.split(",") if g.strip()):
         hits = [h for page in pages
                 for _, _, h, _ in token_hits(model, page, tok, prompt_ids, image_id, eos, dev, "small", gap)]

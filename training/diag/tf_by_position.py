@@ -12,6 +12,7 @@ Run from the repository root:
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -23,22 +24,26 @@ sys.path.insert(0, os.path.join(ROOT, "training"))
 sys.path.insert(0, os.path.join(ROOT, "tools", "reference"))
 import data as D  # noqa: E402
 import evaluate as E  # noqa: E402
-from train import build_inputs, gapped_positions  # noqa: E402
+from train import build_inputs, gapped_positions, noisy_inputs  # noqa: E402
 from common import heldout_small_pages  # noqa: E402
 
 BIN = 200  # characters per offset bin
 
 
 @torch.no_grad()
-def token_hits(model, page, tok, prompt_ids, image_id, eos, dev, tier: str = "small", gap: int = 0):
+def token_hits(model, page, tok, prompt_ids, image_id, eos, dev, tier: str = "small", gap: int = 0,
+               noise: float = 0.0):
     """[(char offset, row of vision tokens, argmax == truth, nats)] for every text token of one page at `tier`,
-    teacher-forced; `gap` positions skipped between the image block and the prompt (train.gapped_positions)."""
+    teacher-forced; `gap` positions skipped between the image block and the prompt (train.gapped_positions);
+    `noise`: that share of the text fed in replaced by other tokens of the page (train.noisy_inputs, seeded), the
+    truth to predict unchanged."""
     _, header, pix = page
     q = D.TIER_PX[tier] // D.CELL_PX
     n_img = q * (q + 1) + 1
     enc = tok.encode(header["visible_text"], add_special_tokens=False)
     tg = torch.tensor([enc.ids + [eos]], device=dev)
-    ids, mask, _ = build_inputs(tg, n_img, prompt_ids, image_id, eos)
+    ids, mask, labels = build_inputs(tg, n_img, prompt_ids, image_id, eos)
+    ids = noisy_inputs(ids, labels, noise, eos, torch.Generator(device=dev).manual_seed(len(enc.ids)))
     imgs = torch.from_numpy(pix[None].copy()).to(dev)
     pos, amask = gapped_positions(ids, n_img, gap, exact=True)
     logits = model(ids, pixel_values=D.pixels(imgs), images_seq_mask=mask, position_ids=pos,
@@ -58,8 +63,22 @@ def token_hits(model, page, tok, prompt_ids, image_id, eos, dev, tier: str = "sm
 
 
 def main() -> None:
-    model, tok, image_id, eos, prompt_ids, pages = heldout_small_pages(threads=2)
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--noise", type=float, default=0.0,
+                    help="instead, accuracy by bucket with the text fed in intact and with this share of it replaced "
+                         "(train.py --token-noise): how well the decoder goes on after wrong tokens")
+    model, tok, image_id, eos, prompt_ids, pages = heldout_small_pages(threads=2, ap=ap)
     dev = torch.device("cpu")
+    if ap.parsed.noise > 0:
+        by_bucket: dict[str, dict[str, list]] = {}
+        for page in pages:
+            for name, noise in (("intact", 0.0), ("noisy", ap.parsed.noise)):
+                hits = [h for _, _, h, _ in token_hits(model, page, tok, prompt_ids, image_id, eos, dev, noise=noise)]
+                by_bucket.setdefault(E.bucket_name(page[0]), {}).setdefault(name, []).extend(hits)
+        for bucket, v in by_bucket.items():
+            print(json.dumps({"bucket": bucket, "noise": ap.parsed.noise, "tokens": len(v["intact"]),
+                              **{k: round(sum(h) / len(h), 3) for k, h in v.items()}}), flush=True)
+        return
     bins: dict[tuple, dict[str, list]] = {}
     for page in pages:
         b = page[0]
