@@ -53,10 +53,8 @@ def prose_texts(heldout: str, pages: int, chars: int, seed: int = 3) -> list[str
     return texts
 
 
-def pages_at(renderer: str, texts: list[str], font_size: float, top: float | None = None) -> list[tuple]:
-    """The texts as Small pages in one type size, each starting `top` logical units down its page (None: at the
-    top, the request without the field), as (bucket, header, pixels) with the one bucket (0, 1)."""
-    reqs = [{"text": t, "font_size": font_size, "tier": "small"} for t in texts]
-    if top is not None:
-        reqs = [dict(r, top=top) for r in reqs]
+def pages_at(renderer: str, texts: list[str], font_size: float, top: float = 0.0) -> list[tuple]:
+    """The texts as Small pages in one type size, each starting `top` logical units down its page (0: at the top,
+    as without the field), as (bucket, header, pixels) with the one bucket (0, 1)."""
+    reqs = [{"text": t, "font_size": font_size, "tier": "small", "top": top} for t in texts]
     return [((0, 1), h, p) for h, p in D.render_fixed(renderer, reqs)]
