@@ -4,7 +4,7 @@
 # stays warm), then starts training in its own process session so it outlives this call; watch.sh follows it in
 # later calls. Each run keeps checkpoints and logs in its state folder $OSTATE (default /root/ostate): give runs
 # that go side by side on one GPU their own OSTATE (and fewer --workers each).
-# Usage: [OSTATE=/root/x] [RESUME_DIR=folder] bash .gpu/launch.sh RUN_ID SECONDS [extra train.py args...]
+# Usage: [OSTATE=/root/x] [RESUME_DIR=folder] [RESUME_HEADS=training/logs/RUN] bash .gpu/launch.sh RUN_ID SECONDS [extra train.py args...]
 set -euo pipefail
 REPO=$(pwd)
 S=${OSTATE:-/root/ostate}
@@ -23,9 +23,17 @@ done
 # the code and tokenizer files are small: always this call's copy
 rm -rf "$W/training" "$W/ref"
 cp -r "$REPO/.gpu/training" "$REPO/.gpu/ref" "$REPO/.gpu/tokenizer.json" "$REPO/.gpu/aux_chars.txt" "$W"/
-# the first run of a state folder resumes from $RESUME_DIR (default the staged .gpu/resume; e.g. a grown copy made on
-# this machine for a side-by-side run), later ones from their own checkpoint
-R=${RESUME_DIR:-$REPO/.gpu/resume}
+# the staged resume folder (stage.sh packs it as .gpu/resume.tar.xz), unpacked once into $W/resume; the training
+# heads travel in the tree, named by RESUME_HEADS (e.g. training/logs/j21: its -glyph_head.pt and -stage_heads.pt)
+if [ -f "$REPO/.gpu/resume.tar.xz" ] && [ ! -f "$W/.unpacked-resume" ]; then
+  mkdir -p "$W/resume" && tar xJf "$REPO/.gpu/resume.tar.xz" -C "$W/resume" && touch "$W/.unpacked-resume"
+fi
+if [ -n "${RESUME_HEADS:-}" ] && [ -d "$W/resume" ]; then
+  for h in glyph_head stage_heads; do cp "$REPO/$RESUME_HEADS-$h.pt" "$W/resume/$h.pt"; done
+fi
+# the first run of a state folder resumes from $RESUME_DIR (default $W/resume; e.g. a grown copy made on this machine
+# for a side-by-side run, or /root/ow/resume for a second arm with its own OWORK), later ones from their own checkpoint
+R=${RESUME_DIR:-$W/resume}
 if [ -d "$R" ] && [ ! -f "$S/ckpt.pt" ]; then RESUME="--resume $R"; else RESUME=""; fi
 if [ -f "$S/ckpt.pt" ]; then RESUME="--resume $S/ckpt.pt"; fi
 nvidia-smi --query-gpu=name,memory.used,memory.total,utilization.gpu --format=csv,noheader

@@ -49,5 +49,7 @@ elif [ -n "${CORPUS_RANGE:-}" ]; then
   subset "$DEST/corpus.tar.xz"
 else (cd training/data && tar cf - corpus | xz -T2 -6) > "$DEST/corpus.tar.xz"; fi
 strip -o /tmp/optimem.stripped "$BIN" && xz -T2 -6 -c /tmp/optimem.stripped > "$DEST/optimem.xz"
-if [ -n "$RESUME" ]; then mkdir -p "$DEST/resume" && cp "$RESUME"/* "$DEST/resume/"; fi
+# The resume folder as one xz tar: bf16 weights pack to ~70 % (j21: 43.7 -> 30.5 MB), which is what lets a grown
+# model travel beside a corpus part and the renderer; launch.sh unpacks it on the machine.
+if [ -n "$RESUME" ]; then (cd "$RESUME" && tar cf - .) | xz -T2 -6 > "$DEST/resume.tar.xz"; fi
 du -sh "$DEST"; du -sh "$DEST"/*
