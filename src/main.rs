@@ -222,6 +222,9 @@ enum BenchCommand {
         /// tokenizer.json that counts text tokens (default: the DeepSeek-V3 one in assets/, else the model's).
         #[arg(long)]
         tokenizer: Option<PathBuf>,
+        /// Each page is set in the largest type that fits it, up to this body font size (4-40; default 40).
+        #[arg(long, default_value_t = optimem::fox::FONT_SIZE_RANGE.1)]
+        max_font_size: f32,
     },
     /// The gRPC server in process under N concurrent clients: Remember and OPTICAL Recall throughput, latency, errors.
     Service(cli::bench_service::ServiceArgs),
@@ -337,6 +340,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             max_new_tokens,
             tokenizer,
+            max_font_size,
         }) => cli::fox::fox(cli::fox::FoxArgs {
             model,
             text,
@@ -346,6 +350,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             max_new_tokens,
             tokenizer,
+            max_font_size,
         }),
         Command::Bench(BenchCommand::Service(a)) => cli::bench_service::run(a),
         Command::Bench(BenchCommand::Memory(a)) => cli::bench_memory::run(a),

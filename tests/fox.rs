@@ -110,3 +110,24 @@ fn fox_without_text_is_an_error() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("no text"), "{err}");
 }
+
+#[test]
+fn fox_refuses_a_font_size_cap_outside_the_fitted_range() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for bad in ["3", "41", "NaN", "inf"] {
+        let o = optimem(&[
+            "bench",
+            "fox",
+            "--model",
+            s(tmp.path()),
+            "--max-font-size",
+            bad,
+            "--out",
+            s(&tmp.path().join("o")),
+        ]);
+        assert!(!o.status.success(), "{bad}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("--max-font-size"), "{bad}: {err}");
+        assert!(!tmp.path().join("o").exists(), "{bad}: nothing written");
+    }
+}

@@ -20,6 +20,7 @@ pub struct FoxArgs {
     pub out: PathBuf,
     pub max_new_tokens: usize,
     pub tokenizer: Option<PathBuf>,
+    pub max_font_size: f32,
 }
 
 pub fn fox(a: FoxArgs) -> Result<()> {
@@ -31,6 +32,10 @@ pub fn fox(a: FoxArgs) -> Result<()> {
     if modes.is_empty() {
         bail!("--modes needs at least one mode");
     }
+    let (min_fs, max_fs) = fox::FONT_SIZE_RANGE;
+    if !(min_fs..=max_fs).contains(&a.max_font_size) {
+        return Err(fox::FoxError::BadFontSize(a.max_font_size).into());
+    }
     let corpus = fox::Corpus::load(a.text.as_deref()).context("loading the text")?;
     let counter = TextTokenizer::resolve(a.tokenizer.as_deref(), Some(&a.model))?;
     let base = LayoutConfig::default();
@@ -38,8 +43,14 @@ pub fn fox(a: FoxArgs) -> Result<()> {
         "cutting {} page(s) per bucket from {}",
         a.pages_per_bucket, corpus.description
     );
-    let (pages, wrapped) =
-        fox::build_pages(&corpus, &counter, &a.buckets, a.pages_per_bucket, &base)?;
+    let (pages, wrapped) = fox::build_pages(
+        &corpus,
+        &counter,
+        &a.buckets,
+        a.pages_per_bucket,
+        &base,
+        a.max_font_size,
+    )?;
     let (device, dtype) = super::ocr::device()?;
     let model = OcrModel::load(&a.model, &device, dtype)
         .with_context(|| format!("loading the model in {}", a.model.display()))?;
@@ -66,6 +77,7 @@ pub fn fox(a: FoxArgs) -> Result<()> {
         text_source: corpus.description.clone(),
         text_reused: wrapped,
         pages_per_bucket: a.pages_per_bucket,
+        max_font_size: a.max_font_size,
         max_new_tokens: a.max_new_tokens,
         device: format!("{device:?} {dtype:?}"),
         modes: modes.clone(),

@@ -17,7 +17,9 @@ use crate::engine::{mode_for, page_image};
 use crate::metrics::Score;
 use crate::model::OcrModel;
 use crate::model::generate::Control;
-pub use pages::{Corpus, FoxPage, PAPER_BUCKETS, bucket_of, build_pages, parse_buckets};
+pub use pages::{
+    Corpus, FONT_SIZE_RANGE, FoxPage, PAPER_BUCKETS, bucket_of, build_pages, parse_buckets,
+};
 pub use report::{FoxReport, PageResult, PageRow, paper_row};
 
 /// What can stop the benchmark; each says what to fix.
@@ -40,6 +42,11 @@ pub enum FoxError {
     Model(#[from] crate::model::ModelError),
     #[error(transparent)]
     Engine(#[from] crate::engine::EngineError),
+    /// `--max-font-size` outside the sizes a page is fitted at.
+    #[error(
+        "--max-font-size {0}: must be a number from 4 to 40 (the body font size on the 1024-unit canvas)"
+    )]
+    BadFontSize(f32),
     /// Drawing the plot failed.
     #[error("plot: {0}")]
     Plot(String),

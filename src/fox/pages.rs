@@ -1,5 +1,5 @@
 //! Fox-style pages: held-out prose cut into pages of 600–1,300 text tokens (buckets of 100, the paper's Table 2; other
-//! ranges on request), each set at the largest font size that keeps it on one page.
+//! ranges on request), each set at the largest font size that keeps it on one page (up to `--max-font-size`).
 
 use std::path::{Path, PathBuf};
 
@@ -214,6 +214,7 @@ pub fn build_pages(
     buckets: &[(usize, usize)],
     per_bucket: usize,
     base: &LayoutConfig,
+    max_font_size: f32,
 ) -> Result<(Vec<FoxPage>, bool), FoxError> {
     let mut out = Vec::new();
     let mut cursor = 0usize;
@@ -241,7 +242,7 @@ pub fn build_pages(
                      too long"
                 )));
             }
-            let (font_size, page) = fit_one_page(&text, base)?;
+            let (font_size, page) = fit_one_page(&text, base, max_font_size)?;
             out.push(FoxPage {
                 bucket: (lo, hi),
                 text,
@@ -281,8 +282,16 @@ fn cut(
     Ok(Some((start, lo.max(start + 1))))
 }
 
-/// The largest body font size (to 1/64 unit, between 4 and 40) at which `text` lays out on one page.
-pub fn fit_one_page(text: &str, base: &LayoutConfig) -> Result<(f32, Page), FoxError> {
+/// The smallest and largest body font sizes a benchmark page is set at (`--max-font-size` lowers the largest).
+pub const FONT_SIZE_RANGE: (f32, f32) = (4.0, 40.0);
+
+/// The largest body font size (to 1/64 unit, from 4 up to `max_font_size`, itself at most 40) at which `text` lays out
+/// on one page; `max_font_size` itself when the text fits at it.
+pub fn fit_one_page(
+    text: &str,
+    base: &LayoutConfig,
+    max_font_size: f32,
+) -> Result<(f32, Page), FoxError> {
     let layout = |fs: f32| -> Result<Vec<Page>, FoxError> {
         let mut r = Renderer::new(LayoutConfig {
             font_size: fs,
@@ -290,13 +299,21 @@ pub fn fit_one_page(text: &str, base: &LayoutConfig) -> Result<(f32, Page), FoxE
         })?;
         Ok(r.paginate(Document::Text(text)))
     };
-    let (mut lo, mut hi) = (4.0f32, 40.0f32);
+    let (min, max) = FONT_SIZE_RANGE;
+    if !(min..=max).contains(&max_font_size) {
+        return Err(FoxError::BadFontSize(max_font_size));
+    }
+    let (mut lo, mut hi) = (min, max_font_size);
     let mut best = layout(lo)?;
     if best.len() != 1 {
         return Err(FoxError::NoText(format!(
             "{} characters do not fit on one page even at font size {lo}",
             text.chars().count()
         )));
+    }
+    let at_max = layout(hi)?;
+    if at_max.len() == 1 {
+        (lo, best) = (hi, at_max);
     }
     while hi - lo > 1.0 / 64.0 {
         let mid = (lo + hi) / 2.0;
@@ -367,10 +384,37 @@ mod tests {
     }
 
     #[test]
+    fn a_cap_sets_short_text_at_the_cap_and_leaves_long_text_alone() {
+        let base = LayoutConfig::default();
+        let short = &optimem_renderer::density::SAMPLE_PROSE[..300];
+        let (free, _) = fit_one_page(short, &base, FONT_SIZE_RANGE.1).expect("fits");
+        assert!(
+            free > 24.0,
+            "300 characters fit in type larger than 24 ({free})"
+        );
+        let (capped, page) = fit_one_page(short, &base, 24.0).expect("fits at the cap");
+        assert_eq!(capped, 24.0);
+        assert_eq!(page.index, 0);
+        let long = optimem_renderer::density::SAMPLE_PROSE.repeat(6);
+        let (fitted, _) = fit_one_page(&long, &base, FONT_SIZE_RANGE.1).expect("fits");
+        assert!(fitted < 24.0, "{fitted}");
+        // the same size to the search's 1/64 unit (the two bisections start from different bounds)
+        let under_cap = fit_one_page(&long, &base, 24.0).expect("fits").0;
+        assert!(
+            (under_cap - fitted).abs() <= 1.0 / 64.0,
+            "{under_cap} vs {fitted}"
+        );
+        for bad in [3.9, 40.5, f32::NAN, f32::INFINITY] {
+            let e = fit_one_page(short, &base, bad).expect_err("refused");
+            assert!(e.to_string().contains("--max-font-size"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn a_page_fits_at_the_fitted_size_and_not_much_larger() {
         let text = optimem_renderer::density::SAMPLE_PROSE.repeat(6);
         let base = LayoutConfig::default();
-        let (fs, page) = fit_one_page(&text, &base).expect("fits");
+        let (fs, page) = fit_one_page(&text, &base, FONT_SIZE_RANGE.1).expect("fits");
         assert_eq!(page.index, 0);
         let mut r = Renderer::new(LayoutConfig {
             font_size: fs + 0.5,

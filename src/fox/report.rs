@@ -109,6 +109,11 @@ pub struct BucketRow {
     pub cells: Vec<BucketCell>,
 }
 
+/// Reports written before `--max-font-size` existed fitted every page up to the top of the range.
+fn default_max_font_size() -> f32 {
+    super::FONT_SIZE_RANGE.1
+}
+
 /// Everything one run measured, written as `fox.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FoxReport {
@@ -122,6 +127,9 @@ pub struct FoxReport {
     /// The text ran out and pages were cut from its beginning again.
     pub text_reused: bool,
     pub pages_per_bucket: usize,
+    /// The largest body font size a page was set at (each page: the largest that fits it, up to this).
+    #[serde(default = "default_max_font_size")]
+    pub max_font_size: f32,
     pub max_new_tokens: usize,
     pub device: String,
     pub modes: Vec<Tier>,
@@ -202,6 +210,11 @@ impl FoxReport {
             s,
             "- pages per bucket: {} (the paper's counts in parentheses); device: {}",
             self.pages_per_bucket, self.device
+        );
+        let _ = writeln!(
+            s,
+            "- each page in the largest type that fits it, up to font size {}",
+            self.max_font_size
         );
         let _ = writeln!(
             s,
