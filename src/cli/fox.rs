@@ -32,10 +32,8 @@ pub fn fox(a: FoxArgs) -> Result<()> {
     if modes.is_empty() {
         bail!("--modes needs at least one mode");
     }
-    let (min_fs, max_fs) = fox::FONT_SIZE_RANGE;
-    if !(min_fs..=max_fs).contains(&a.max_font_size) {
-        return Err(fox::FoxError::BadFontSize(a.max_font_size).into());
-    }
+    // before the text, tokenizer and model are loaded: a bad cap is refused at once
+    fox::check_max_font_size(a.max_font_size)?;
     let corpus = fox::Corpus::load(a.text.as_deref()).context("loading the text")?;
     let counter = TextTokenizer::resolve(a.tokenizer.as_deref(), Some(&a.model))?;
     let base = LayoutConfig::default();

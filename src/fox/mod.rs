@@ -18,7 +18,8 @@ use crate::metrics::Score;
 use crate::model::OcrModel;
 use crate::model::generate::Control;
 pub use pages::{
-    Corpus, FONT_SIZE_RANGE, FoxPage, PAPER_BUCKETS, bucket_of, build_pages, parse_buckets,
+    Corpus, FONT_SIZE_RANGE, FoxPage, PAPER_BUCKETS, bucket_of, build_pages, check_max_font_size,
+    parse_buckets,
 };
 pub use report::{FoxReport, PageResult, PageRow, paper_row};
 
@@ -44,7 +45,9 @@ pub enum FoxError {
     Engine(#[from] crate::engine::EngineError),
     /// `--max-font-size` outside the sizes a page is fitted at.
     #[error(
-        "--max-font-size {0}: must be a number from 4 to 40 (the body font size on the 1024-unit canvas)"
+        "--max-font-size {0}: must be a number from {min} to {max} (the body font size on the 1024-unit canvas)",
+        min = FONT_SIZE_RANGE.0,
+        max = FONT_SIZE_RANGE.1
     )]
     BadFontSize(f32),
     /// Drawing the plot failed.

@@ -285,6 +285,16 @@ fn cut(
 /// The smallest and largest body font sizes a benchmark page is set at (`--max-font-size` lowers the largest).
 pub const FONT_SIZE_RANGE: (f32, f32) = (4.0, 40.0);
 
+/// `Ok` when `max_font_size` is within [`FONT_SIZE_RANGE`], the sizes a page can be fitted at.
+pub fn check_max_font_size(max_font_size: f32) -> Result<(), FoxError> {
+    let (min, max) = FONT_SIZE_RANGE;
+    if (min..=max).contains(&max_font_size) {
+        Ok(())
+    } else {
+        Err(FoxError::BadFontSize(max_font_size))
+    }
+}
+
 /// The largest body font size (to 1/64 unit, from 4 up to `max_font_size`, itself at most 40) at which `text` lays out
 /// on one page; `max_font_size` itself when the text fits at it.
 pub fn fit_one_page(
@@ -299,11 +309,8 @@ pub fn fit_one_page(
         })?;
         Ok(r.paginate(Document::Text(text)))
     };
-    let (min, max) = FONT_SIZE_RANGE;
-    if !(min..=max).contains(&max_font_size) {
-        return Err(FoxError::BadFontSize(max_font_size));
-    }
-    let (mut lo, mut hi) = (min, max_font_size);
+    check_max_font_size(max_font_size)?;
+    let (mut lo, mut hi) = (FONT_SIZE_RANGE.0, max_font_size);
     let mut best = layout(lo)?;
     if best.len() != 1 {
         return Err(FoxError::NoText(format!(
