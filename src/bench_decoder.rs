@@ -20,6 +20,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::VarBuilder;
 use candle_nn::var_builder::SimpleBackend;
 
+use crate::bench::profile::{self, SpanProfile, SpanRow};
 use crate::bench_encoder::{device_name, peak_rss_bytes};
 use crate::model::ModelError;
 use crate::model::config::{load_safetensors_mmap, read_config_json};
@@ -60,6 +61,8 @@ pub struct DecoderBenchOptions {
     pub seed: u64,
     /// The model directory the weights come from; None: random weights at `config`.
     pub model: Option<PathBuf>,
+    /// After the timed runs, one more prefill under a [`SpanProfile`], reported by model span.
+    pub profile: bool,
     /// Also time the same decode at this batch (B copies of the prompt stepping together, as the engine batches queued
     /// decodes), beside batch 1 in the same run; 0 or 1: batch 1 only.
     pub batch: usize,
@@ -80,6 +83,7 @@ impl DecoderBenchOptions {
             seed: 0,
             model: None,
             batch: 0,
+            profile: false,
         })
     }
 
@@ -119,6 +123,10 @@ pub struct DecoderBenchReport {
     pub device: String,
     pub seed: u64,
     pub warmup: usize,
+    /// The MoE dispatch asked for (`auto` picks per forward by device and token count).
+    pub dispatch: Dispatch,
+    /// One more prefill's time by model span (`--profile`), longest self time first.
+    pub profile: Option<Vec<SpanRow>>,
     /// Peak resident memory of the process (host memory, not GPU memory), if the OS reports it.
     pub peak_rss_bytes: Option<u64>,
 }
@@ -144,6 +152,7 @@ impl DecoderBenchReport {
             "build_s": self.build_s,
             "seed": self.seed,
             "warmup": self.warmup,
+            "dispatch": format!("{:?}", self.dispatch).to_lowercase(),
             "prompt_tokens": self.prompt_tokens,
             "repeat": self.prefill_runs_s.len(),
             "prefill_s": self.prefill_s,
@@ -158,6 +167,7 @@ impl DecoderBenchReport {
             "batch_decode_tokens_per_s": self.batch_decode.map(|(b, s)| (b * self.decode_tokens) as f64 / s),
             "kv_bytes_per_1000_tokens": self.kv_bytes_per_1000_tokens,
             "peak_rss_bytes": self.peak_rss_bytes,
+            "profile": self.profile,
         })
     }
 }
@@ -191,9 +201,10 @@ impl fmt::Display for DecoderBenchReport {
         };
         writeln!(
             f,
-            "decoder bench on {} ({}), {weights}",
+            "decoder bench on {} ({}), {weights}, MoE dispatch {:?}",
             self.device,
-            self.dtype.as_str()
+            self.dtype.as_str(),
+            self.dispatch
         )?;
         writeln!(
             f,
@@ -236,6 +247,13 @@ impl fmt::Display for DecoderBenchReport {
         )?;
         if let Some(b) = self.peak_rss_bytes {
             write!(f, "\n  peak RSS {:.2} GiB", b as f64 / (1u64 << 30) as f64)?;
+        }
+        if let Some(rows) = &self.profile {
+            write!(
+                f,
+                "\none more prefill by model span:\n{}",
+                profile::table(rows)
+            )?;
         }
         Ok(())
     }
@@ -398,6 +416,14 @@ pub fn run(opts: &DecoderBenchOptions) -> Result<DecoderBenchRun, ModelError> {
             decode_runs_s.push(t1.elapsed().as_secs_f64());
         }
     }
+    let profile = if opts.profile {
+        let spans = SpanProfile::new(dev);
+        cache.reset();
+        spans.run(|| model.hidden_states(&prompt, &mut cache))?;
+        Some(spans.rows())
+    } else {
+        None
+    };
     // The same steps at batch B: B copies of the prompt through one cache, each step feeding B tokens.
     let batch_decode = if opts.batch > 1 {
         let b = opts.batch;
@@ -442,6 +468,8 @@ pub fn run(opts: &DecoderBenchOptions) -> Result<DecoderBenchRun, ModelError> {
         dtype: opts.dtype,
         device: device_name(dev),
         seed: opts.seed,
+        dispatch: opts.dispatch,
+        profile,
         warmup: opts.warmup,
         peak_rss_bytes: peak_rss_bytes(),
     };

@@ -17,6 +17,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::bench::profile::{self, SpanProfile, SpanRow};
 use crate::model::config::{load_safetensors_mmap, read_config_json};
 use crate::model::error::{ModelError, Result};
 use crate::model::preprocess::{self, Image8, Mode};
@@ -37,6 +38,8 @@ pub struct EncoderBenchOptions {
     pub model: Option<PathBuf>,
     /// The page to encode; None: the synthetic A4 page.
     pub image: Option<Image8>,
+    /// After the timed pages, encode one more under a [`SpanProfile`] and report where its time went.
+    pub profile: bool,
 }
 
 impl EncoderBenchOptions {
@@ -50,6 +53,7 @@ impl EncoderBenchOptions {
             device,
             model: None,
             image: None,
+            profile: false,
         }
     }
 }
@@ -77,6 +81,8 @@ pub struct EncoderBenchReport {
     /// `cpu` or `cuda:N`.
     pub device: String,
     pub dtype: DType,
+    /// One more page's time by model span (`--profile`), longest self time first.
+    pub profile: Option<Vec<SpanRow>>,
 }
 
 impl EncoderBenchReport {
@@ -102,6 +108,7 @@ impl EncoderBenchReport {
             "encode_min_s": self.encode_min_s,
             "pages_per_s": self.pages_per_s(),
             "peak_rss_bytes": self.peak_rss_bytes,
+            "profile": self.profile,
         })
     }
 }
@@ -130,6 +137,13 @@ impl fmt::Display for EncoderBenchReport {
         )?;
         if let Some(b) = self.peak_rss_bytes {
             write!(f, "; peak RSS {:.2} GiB", b as f64 / (1u64 << 30) as f64)?;
+        }
+        if let Some(rows) = &self.profile {
+            write!(
+                f,
+                "\none more page by model span:\n{}",
+                profile::table(rows)
+            )?;
         }
         Ok(())
     }
@@ -390,6 +404,17 @@ fn run_with_config(cfg: &VisionConfig, opts: &EncoderBenchOptions) -> Result<Enc
     let (sequence, projector_out, global_view) = first.ok_or_else(|| ModelError::Input {
         reason: "no page was encoded".into(),
     })?;
+    let profile = if opts.profile {
+        let spans = SpanProfile::new(device);
+        spans.run(|| -> Result<()> {
+            let prepared = preprocess::prepare(&page, opts.mode)?;
+            encoder.encode_with_global(&prepared)?;
+            Ok(())
+        })?;
+        Some(spans.rows())
+    } else {
+        None
+    };
     let report = EncoderBenchReport {
         mode: opts.mode,
         iters,
@@ -404,6 +429,7 @@ fn run_with_config(cfg: &VisionConfig, opts: &EncoderBenchOptions) -> Result<Enc
         peak_rss_bytes: peak_rss_bytes(),
         device: device_name(device),
         dtype,
+        profile,
     };
     Ok(EncoderBenchRun {
         report,

@@ -158,6 +158,10 @@ enum BenchCommand {
         /// Print the report as one JSON object on stdout (the readable report goes to stderr).
         #[arg(long)]
         json: bool,
+        /// After the timed pages, encode one more with the time of every model span measured (the device synchronised
+        /// around each span) and print the table.
+        #[arg(long)]
+        profile: bool,
     },
     /// MoE decoder prefill time and batch-1 decode tokens/s with official-size random weights or a model directory's;
     /// KV-cache bytes per 1,000 tokens; optionally dumps the prefill outputs for parity checks.
@@ -182,6 +186,14 @@ enum BenchCommand {
         /// Seed of the prompt ids (drawn in the vocabulary; written to the dump).
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// After the timed runs, run one more prefill with the time of every model span measured (the device
+        /// synchronised around each span) and print the table.
+        #[arg(long)]
+        profile: bool,
+        /// MoE dispatch: auto (grouped on the CPU; on a GPU gather up to 4 tokens, padded beyond), gather, grouped or
+        /// padded (see `model::decoder::moe`).
+        #[arg(long, default_value = "auto")]
+        dispatch: optimem::model::decoder::moe::Dispatch,
         /// Write `ids` (i64 [T]), `hidden` (final-norm output, f32 [T, hidden]), `logits_last` (f32 [8, vocab]) and
         /// `decoded` (i64, the greedy tokens) to this safetensors file.
         #[arg(long, value_name = "FILE")]
@@ -260,12 +272,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             image,
             dump,
             json,
+            profile,
         }) => {
             anyhow::ensure!(iters > 0, "--iters must be at least 1");
             let (device, dtype) = cli::ocr::device()?;
             let warmup = warmup.unwrap_or(usize::from(device.is_cuda()));
             let mut opts = EncoderBenchOptions::new(mode, iters, dtype, device);
             opts.warmup = warmup;
+            opts.profile = profile;
             if let Some(path) = &image {
                 let bytes =
                     std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -294,6 +308,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             repeat,
             model,
             seed,
+            dispatch,
+            profile,
             dump,
             json,
         }) => {
@@ -313,6 +329,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             opts.warmup = warmup;
             opts.repeat = repeat;
             opts.seed = seed;
+            opts.dispatch = dispatch;
+            opts.profile = profile;
             let run = optimem::bench_decoder::run(&opts).with_context(|| match &model {
                 Some(dir) => format!("decoder bench with the weights in {}", dir.display()),
                 None => "decoder bench with random weights".into(),

@@ -125,7 +125,12 @@ fn spliced_prompt_embeddings_match() -> TestResult {
 fn prefill_logits_match_position_by_position() -> TestResult {
     let fx = load()?;
     let want = fx.tensor("logits")?;
-    for dispatch in [Dispatch::Auto, Dispatch::Gather, Dispatch::Grouped] {
+    for dispatch in [
+        Dispatch::Auto,
+        Dispatch::Gather,
+        Dispatch::Grouped,
+        Dispatch::Padded,
+    ] {
         let mut model = fx.model()?;
         model.set_moe_dispatch(dispatch);
         let (ids, embeds) = fx.prompt(&model)?;

@@ -12,6 +12,7 @@
 //! - [`memory`]: remember / recall through the library, per tier and token encoding.
 
 pub mod memory;
+pub mod profile;
 pub mod service;
 
 use std::cell::RefCell;

@@ -13,6 +13,7 @@ pub fn device() -> Result<(Device, DType)> {
     #[cfg(feature = "cuda")]
     {
         if let Ok(d) = Device::new_cuda(0) {
+            optimem::model::cuda::tune(&d).context("tuning the CUDA device")?;
             return Ok((d, DType::BF16));
         }
     }

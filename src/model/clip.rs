@@ -26,12 +26,11 @@ struct ClipAttention {
     qkv_proj: Linear,
     out_proj: Linear,
     num_heads: usize,
-    span: tracing::Span,
 }
 
 impl ClipAttention {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let _enter = self.span.enter();
+        let _span = tracing::trace_span!("clip-attn").entered();
         let (b, n, c) = x.dims3()?;
         let heads = self.num_heads;
         let hd = c / heads;
@@ -61,11 +60,10 @@ struct ClipLayer {
     layer_norm2: LayerNorm,
     fc1: Linear,
     fc2: Linear,
-    span: tracing::Span,
 }
 
 impl ClipLayer {
-    fn new(cfg: &ClipConfig, index: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &ClipConfig, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
         let attn = vb.pp("self_attn");
         let mlp = vb.pp("mlp");
@@ -75,17 +73,15 @@ impl ClipLayer {
                 qkv_proj: linear(&attn.pp("qkv_proj"), d, 3 * d, true)?,
                 out_proj: linear(&attn.pp("out_proj"), d, d, true)?,
                 num_heads: cfg.num_heads,
-                span: tracing::span!(tracing::Level::TRACE, "clip-attn"),
             },
             layer_norm2: layer_norm(&vb.pp("layer_norm2"), d, CLIP_LN_EPS)?,
             fc1: linear(&mlp.pp("fc1"), d, cfg.ffn_hidden_size, true)?,
             fc2: linear(&mlp.pp("fc2"), cfg.ffn_hidden_size, d, true)?,
-            span: tracing::span!(tracing::Level::TRACE, "clip-layer", index),
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let _enter = self.span.enter();
+        let _span = tracing::trace_span!("clip-layer").entered();
         let h = (x + self.self_attn.forward(&self.layer_norm1.forward(x)?)?)?;
         let m = self.fc2.forward(&quick_gelu(
             &self.fc1.forward(&self.layer_norm2.forward(&h)?)?,
@@ -103,7 +99,6 @@ pub struct ClipVisionModel {
     pos_cache: ResizeCache<Tensor>,
     pre_layrnorm: LayerNorm,
     layers: Vec<ClipLayer>,
-    span: tracing::Span,
 }
 
 impl ClipVisionModel {
@@ -112,7 +107,7 @@ impl ClipVisionModel {
         let d = cfg.hidden_size;
         let emb = vb.pp("embeddings");
         let layers = (0..cfg.num_layers)
-            .map(|i| ClipLayer::new(cfg, i, vb.pp(format!("transformer.layers.{i}"))))
+            .map(|i| ClipLayer::new(cfg, vb.pp(format!("transformer.layers.{i}"))))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             class_embedding: tensor(&emb, d, "class_embedding")?,
@@ -125,7 +120,6 @@ impl ClipVisionModel {
             pos_cache: ResizeCache::default(),
             pre_layrnorm: layer_norm(&vb.pp("pre_layrnorm"), d, CLIP_LN_EPS)?,
             layers,
-            span: tracing::span!(tracing::Level::TRACE, "clip"),
         })
     }
 
@@ -151,7 +145,7 @@ impl ClipVisionModel {
 
     /// SAM features `[B, D, h, w]` → hidden states `[B, 1 + h·w, D]` (CLS first).
     pub fn forward(&self, sam_features: &Tensor) -> Result<Tensor> {
-        let _enter = self.span.enter();
+        let _span = tracing::trace_span!("clip").entered();
         let (b, d, h, w) = sam_features.dims4()?;
         if d != self.class_embedding.dim(0)? {
             return Err(ModelError::Input {

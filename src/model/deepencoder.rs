@@ -38,7 +38,6 @@ pub struct DeepEncoder {
     n_embed: usize,
     dtype: DType,
     device: Device,
-    span: tracing::Span,
 }
 
 impl DeepEncoder {
@@ -62,7 +61,6 @@ impl DeepEncoder {
             n_embed: e,
             dtype: vb.dtype(),
             device: vb.device().clone(),
-            span: tracing::span!(tracing::Level::TRACE, "deepencoder"),
         })
     }
 
@@ -112,7 +110,7 @@ impl DeepEncoder {
     /// As [`Self::encode`], also returning the global view's projector output `[1, q², n_embed]`
     /// (before the layout), which parity dumps compare stage by stage at no extra cost.
     pub fn encode_with_global(&self, image: &PreparedImage) -> Result<(Tensor, Tensor)> {
-        let _enter = self.span.enter();
+        let _span = tracing::trace_span!("deepencoder").entered();
         let global = self.encode_views(&image.global_pixels(self.dtype, &self.device)?)?;
         let local = match image.tile_pixels(self.dtype, &self.device)? {
             Some(px) => Some(self.encode_views(&px)?),

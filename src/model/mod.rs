@@ -4,6 +4,7 @@
 //! * [`config`]: vision sizes from `config.json` (official layout + optional `vision` section) and the
 //!   checkpoint-loading helpers (`load_safetensors_mmap`, named-tensor loading).
 //! * [`error`]: [`ModelError`], the error of every model call.
+//! * `cuda` (feature `cuda`): CUDA device settings (the memory pool keeps freed memory, no per-buffer event tracking).
 //! * [`preprocess`]: image decoding, Pillow-exact resize/pad, Gundam tiles, [`Mode`] and [`PreparedImage`].
 //! * [`interp`]: torch-exact bicubic-antialias and linear resizes for the position tables.
 //! * `kernels`: vectorised CPU f32 kernels (SAM's rel-pos softmax, the erf GELU) behind AVX2 dispatch.
@@ -41,6 +42,8 @@
 
 pub mod clip;
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod decoder;
 pub mod deepencoder;
 pub mod error;

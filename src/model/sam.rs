@@ -31,7 +31,6 @@ struct PatchEmbed {
     weight: Tensor,
     bias: Tensor,
     patch: usize,
-    span: tracing::Span,
 }
 
 impl PatchEmbed {
@@ -44,13 +43,12 @@ impl PatchEmbed {
             weight,
             bias,
             patch: p,
-            span: tracing::span!(tracing::Level::TRACE, "patch-embed"),
         })
     }
 
     /// `[B, 3, H, W]` → `[B, H/p, W/p, C]` (NHWC, as the PyTorch module permutes it).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let _enter = self.span.enter();
+        let _span = tracing::trace_span!("patch-embed").entered();
         let (b, c, h, w) = x.dims4()?;
         let p = self.patch;
         let (gh, gw) = (h / p, w / p);
@@ -73,6 +71,7 @@ struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let _span = tracing::trace_span!("sam-mlp").entered();
         self.lin2
             .forward(&kernels::gelu_erf(&self.lin1.forward(x)?)?)
     }
@@ -86,7 +85,6 @@ struct Block {
     mlp: Mlp,
     /// 0 for global attention.
     window_size: usize,
-    span: tracing::Span,
 }
 
 impl Block {
@@ -108,12 +106,17 @@ impl Block {
                 lin2: linear(&mlp_vb.pp("lin2"), cfg.mlp_dim(), cfg.embed_dim, true)?,
             },
             window_size,
-            span: tracing::span!(tracing::Level::TRACE, "sam-block", index, global),
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let _enter = self.span.enter();
+        // Two names, so that a profile (`bench encoder --profile`) tells windowed from global blocks apart.
+        let _span = if self.window_size > 0 {
+            tracing::trace_span!("sam-block-window")
+        } else {
+            tracing::trace_span!("sam-block-global")
+        }
+        .entered();
         let shortcut = x;
         let y = self.norm1.forward(x)?;
         let y = if self.window_size > 0 {
@@ -172,7 +175,6 @@ struct Conv {
     weight: Tensor,
     padding: usize,
     stride: usize,
-    span: tracing::Span,
 }
 
 impl Conv {
@@ -188,12 +190,11 @@ impl Conv {
             weight: tensor(vb, (c_out, c_in, k, k), name)?,
             padding: k / 2,
             stride,
-            span: tracing::span!(tracing::Level::TRACE, "conv2d", k, stride),
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let _enter = self.span.enter();
+        let _span = tracing::trace_span!("conv2d").entered();
         Ok(x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?)
     }
 }
@@ -224,7 +225,6 @@ pub struct SamModel {
     neck_3: LayerNorm,
     net_2: Conv,
     net_3: Conv,
-    span: tracing::Span,
 }
 
 impl SamModel {
@@ -247,7 +247,6 @@ impl SamModel {
             neck_3: layer_norm(&neck.pp("3"), o, SAM_LN_EPS)?,
             net_2: Conv::new(&vb, "net_2.weight", o, cfg.net_2_chans, 3, 2)?,
             net_3: Conv::new(&vb, "net_3.weight", cfg.net_2_chans, cfg.net_3_chans, 3, 2)?,
-            span: tracing::span!(tracing::Level::TRACE, "sam"),
         })
     }
 
@@ -263,7 +262,7 @@ impl SamModel {
     }
 
     fn run(&self, x: &Tensor, mut record: impl FnMut(&str, &Tensor)) -> Result<Tensor> {
-        let _enter = self.span.enter();
+        let _span = tracing::trace_span!("sam").entered();
         let x = self.patch_embed.forward(x)?;
         let (_, h, w, _) = x.dims4()?;
         let mut x = x.broadcast_add(&self.pos_embed_for(h, w)?)?;

@@ -22,6 +22,9 @@ Subcommands (run from the repo root; `--help` on each lists every flag):
         on the prompt ids of our dump: prefill seconds, batch-1 decode tokens/s with its KV cache, the
         ratio, and the parity of `hidden` (final-norm output) and `logits_last` (last 8 positions).
 
+`--profile` (encoder, decoder): after the timed runs, one more on each side, ours by model span (`bench ... --profile`,
+the device synchronised around each span) and the reference by operator (torch.profiler, self device time).
+
 The two sides run one after the other, never at once (the official decoder is ~13 GB in f32).
 `--threads N` gives both sides N threads on CPU: torch.set_num_threads(N) here, and
 RAYON_NUM_THREADS=N (+ CANDLE_NUM_THREADS=N) for the binary; candle 0.11's CPU matmul (gemm) and its
@@ -380,6 +383,27 @@ def write_json(path: str | None, result: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------- encoder
+def torch_profile(fn, device: str, rows: int = 20) -> str:
+    """One more call of `fn` under torch.profiler: its operators by self device time (CPU time on the CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with torch.inference_mode(), profile(activities=acts) as prof:
+        fn()
+        sync(device)
+    key = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60)
+
+
+def ours_profile(ours: dict) -> str:
+    """Our binary's `--profile` rows as a markdown table."""
+    rows = ours.get("profile") or []
+    total = sum(r["self_ms"] for r in rows) or 1.0
+    out = ["| span (ours) | calls | total ms | self ms | self share |", "|---|---|---|---|---|"]
+    out += [f"| {r['name']} | {r['calls']} | {r['total_ms']:.2f} | {r['self_ms']:.2f} | "
+            f"{100 * r['self_ms'] / total:.1f} % |" for r in rows]
+    return "\n".join(out)
+
+
 def synthetic_page(path: Path) -> None:
     """The page `optimem bench encoder` draws without --image: 1191x1684 gray, dark dashes on white."""
     from PIL import Image
@@ -414,7 +438,8 @@ def cmd_encoder(a: argparse.Namespace) -> None:
     dump = work / "encoder_dump.safetensors"
     ours, ours_gpu = run_ours([a.binary, "bench", "encoder", "--model", str(model_dir), "--image", str(image),
                                "--mode", a.mode, "--iters", str(a.iters), "--warmup", str(warmup),
-                               "--dump", str(dump), "--json"], a.threads, device)
+                               "--dump", str(dump), "--json"] + (["--profile"] if a.profile else []),
+                              a.threads, device)
     if ours["device"].split(":")[0] != device.split(":")[0]:
         print(f"warning: our binary ran on {ours['device']}, the reference on {device}", file=sys.stderr)
 
@@ -435,6 +460,8 @@ def cmd_encoder(a: argparse.Namespace) -> None:
                     pre, enc, enc_min = pre + p, enc + e, min(enc_min, e)
                 if first is None:
                     first = (seq.float().cpu(), collect["global.projector_out"].float().cpu(), prepared)
+        ref_prof = torch_profile(lambda: ref_encode(model, img, a.mode, device, dtype, None), device) \
+            if a.profile else None
     seq_ref, proj_ref, prepared = first
     ref_mem = ref_memory(device, mem)
     ref = {"preprocess_s": pre / a.iters, "encode_mean_s": enc / a.iters, "encode_min_s": enc_min,
@@ -487,6 +514,9 @@ def cmd_encoder(a: argparse.Namespace) -> None:
     ]
     lines += [f"| {k} | {fmt_parity(v)} |" for k, v in checks.items()]
     lines += [f"| {k}: sequence | {fmt_parity(v)} |" for k, v in f32_checks.items()]
+    if a.profile:
+        lines += ["", "one more page, ours by model span (device synchronised around each):", ours_profile(ours),
+                  "", "one more page, the reference by operator (torch.profiler):", ref_prof]
     print("\n".join(lines))
     write_json(a.json_out, {"bench": "encoder", "ours": ours, "ours_gpu_peak_bytes": ours_gpu, "reference": ref,
                             "reference_memory": ref_mem, "parity": checks, "parity_f32": f32_checks,
@@ -544,7 +574,7 @@ def cmd_decoder(a: argparse.Namespace) -> None:
     ours, ours_gpu = run_ours([a.binary, "bench", "decoder", "--model", str(model_dir),
                                "--prompt-tokens", str(a.prompt_tokens), "--decode-tokens", str(a.decode_tokens),
                                "--warmup", str(a.warmup), "--repeat", str(a.repeat), "--seed", str(a.seed),
-                               "--dump", str(dump), "--json"],
+                               "--dump", str(dump), "--json"] + (["--profile"] if a.profile else []),
                               a.threads, device)
     from safetensors.torch import load_file
 
@@ -566,6 +596,7 @@ def cmd_decoder(a: argparse.Namespace) -> None:
                 if i >= a.warmup:
                     pre_runs.append(pre_s)
                     dec_runs.append(dec_s)
+            ref_prof = torch_profile(lambda: ref_decode(model, ids, 0, kept, device), device) if a.profile else None
         # The median of the timed runs, as ours reports (this machine's timings vary by ±15 % run to run).
         pre_s, dec_s = statistics.median(pre_runs), statistics.median(dec_runs)
     hidden_ref, logits_ref = first
@@ -615,6 +646,9 @@ def cmd_decoder(a: argparse.Namespace) -> None:
     ]
     lines += [f"| {k} | {fmt_parity(v)} |" for k, v in checks.items()]
     lines += [f"| {k} | {fmt_parity(v)} |" for k, v in f32_checks.items()]
+    if a.profile:
+        lines += ["", "one more prefill, ours by model span (device synchronised around each):", ours_profile(ours),
+                  "", "one more prefill, the reference by operator (torch.profiler):", ref_prof]
     print("\n".join(lines))
     write_json(a.json_out, {"bench": "decoder", "ours": ours, "ours_gpu_peak_bytes": ours_gpu, "reference": ref,
                             "reference_memory": ref_mem, "parity": checks, "parity_f32": f32_checks,
@@ -644,6 +678,8 @@ def main() -> None:
         s.add_argument("--no-f32-check", action="store_true", help="CUDA: skip the second reference run in f32")
         s.add_argument("--json-out", help="also write every figure to this JSON file")
         s.add_argument("--keep", action="store_true", help="keep the temporary dump folder")
+        s.add_argument("--profile", action="store_true",
+                       help="after the timed runs, one more on each side by model span (ours) / operator (torch)")
 
     e = sub.add_parser("encoder", help="DeepEncoder: ours vs the reference")
     common(e)

@@ -111,22 +111,18 @@ fn full_name(vb: &VarBuilder, name: &str) -> String {
     }
 }
 
-/// A `Linear` layer (`weight` `[out, in]`, optional `bias`) with a TRACE span, as candle's `with_tracing`; the
-/// encoder's and the decoder's.
+/// A `Linear` layer (`weight` `[out, in]`, optional `bias`) with a TRACE span (made per call, so that the
+/// subscriber of the moment sees it, as `bench … --profile` needs), as candle's `with_tracing`; the encoder's and the
+/// decoder's.
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
-    span: tracing::Span,
 }
 
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self {
-            weight,
-            bias,
-            span: tracing::span!(tracing::Level::TRACE, "linear"),
-        }
+        Self { weight, bias }
     }
 
     /// `x · Wᵀ + b` over the last dimension, as one 2-D GEMM on the rows of a contiguous `x` ([`matmul_t`]).
@@ -137,7 +133,25 @@ impl Linear {
     /// contiguous input gives every backend a plain GEMM. A bf16 weight on the CPU (the decoder's, see
     /// `kernels::compact_bf16`) takes the bf16 kernel of [`matmul_t`].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let _enter = self.span.enter();
+        let _span = tracing::trace_span!("linear").entered();
+        // On CUDA in bf16 the bias rides in the GEMM's epilogue (`model::cuda::linear_bias`).
+        #[cfg(feature = "cuda")]
+        if let Some(b) = &self.bias {
+            let k = x.dim(candle_core::D::Minus1)?;
+            let rows = x.elem_count() / k.max(1);
+            if x.device().is_cuda() && x.dtype() == DType::BF16 && rows > 0 {
+                let y = crate::model::cuda::linear_bias(
+                    &x.contiguous()?.reshape((rows, k))?,
+                    &self.weight.contiguous()?,
+                    &b.contiguous()?,
+                )?;
+                let mut dims = x.dims().to_vec();
+                if let Some(last) = dims.last_mut() {
+                    *last = self.weight.dim(0)?;
+                }
+                return Ok(y.reshape(dims)?);
+            }
+        }
         let y = matmul_t(x, &self.weight)?;
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
@@ -161,12 +175,11 @@ pub fn linear(vb: &VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Res
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     inner: candle_nn::LayerNorm,
-    span: tracing::Span,
 }
 
 impl LayerNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let _enter = self.span.enter();
+        let _span = tracing::trace_span!("layer-norm").entered();
         Ok(self.inner.forward(x)?)
     }
 }
@@ -177,7 +190,6 @@ pub fn layer_norm(vb: &VarBuilder, dim: usize, eps: f64) -> Result<LayerNorm> {
     let b = tensor(vb, dim, "bias")?;
     Ok(LayerNorm {
         inner: candle_nn::LayerNorm::new(w, b, eps),
-        span: tracing::span!(tracing::Level::TRACE, "layer-norm"),
     })
 }
 

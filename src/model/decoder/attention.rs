@@ -6,7 +6,7 @@
 //!
 //! Prefill attends in chunks of query rows so that the score matrix stays bounded
 //! (`[B, heads, QUERY_CHUNK, kv_len]` in f32) even for prompts of thousands of positions.
-//! The softmax runs in f32 and is cast back, as the eager reference does.
+//! The softmax accumulates in f32, as the eager reference's does ([`masked_dtype`]).
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -21,19 +21,37 @@ use crate::model::decoder::rope::RotaryEmbedding;
 /// 8,192 keys × 10 heads × 4 B = 168 MB at the official size and full context).
 pub const QUERY_CHUNK: usize = 512;
 
+/// The same on an accelerator, where memory is plentiful and every chunk is seven more kernel launches: a prompt of
+/// up to 2,048 positions attends in one chunk (its f32 scores are 671 MB at the official size and full context).
+pub const GPU_QUERY_CHUNK: usize = 2048;
+/// Largest causal mask [`CausalMasks::new`] stores expanded to the scores' shape (64 MiB).
+pub const EXPANDED_MASK_BYTES: usize = 64 << 20;
+
 /// Additive causal masks for one forward, shared by every layer.
 ///
 /// Query row `i` of the forward sits at absolute position `offset + i` and may see keys
-/// `0..=offset + i`. One mask per query chunk, `[rows, offset + chunk_end]`, f32 (0 or -inf);
-/// `None` where no key is hidden (a single-token step).
+/// `0..=offset + i`. One mask per query chunk, `[rows, offset + chunk_end]`, 0 or -inf in the dtype the scores are
+/// masked in ([`Attention::forward`]); `None` where no key is hidden (a single-token step).
 #[derive(Debug)]
 pub struct CausalMasks {
     chunks: Vec<(usize, usize, Option<Tensor>)>,
 }
 
 impl CausalMasks {
-    /// Masks for `t` query rows at positions `offset..offset + t`, attended `chunk` rows at a time.
-    pub fn new(offset: usize, t: usize, chunk: usize, device: &Device) -> Result<Self, ModelError> {
+    /// Masks for `t` query rows at positions `offset..offset + t`, attended `chunk` rows at a time, in `dtype`.
+    ///
+    /// `expand_to` `(batch, heads)`: on an accelerator each mask is stored expanded to the scores' shape
+    /// `[batch, heads, rows, kv]` when that takes at most [`EXPANDED_MASK_BYTES`], so that every layer adds it with
+    /// the contiguous kernel instead of a broadcast, whose per-element index arithmetic is slow (a 1,000-token prefill
+    /// on an H200 spent 2.8 of its 22.6 ms of GPU time in bf16 adds, 59 µs a launch; Nsight Compute).
+    pub fn new(
+        offset: usize,
+        t: usize,
+        chunk: usize,
+        dtype: DType,
+        device: &Device,
+        expand_to: Option<(usize, usize)>,
+    ) -> Result<Self, ModelError> {
         let chunk = chunk.max(1);
         let mut chunks = Vec::new();
         let mut start = 0;
@@ -48,13 +66,31 @@ impl CausalMasks {
                     let visible = offset + start + r + 1;
                     m[r * kv_len + visible..(r + 1) * kv_len].fill(f32::NEG_INFINITY);
                 }
-                Some(Tensor::from_vec(m, (rows, kv_len), device)?)
+                let m = Tensor::from_vec(m, (rows, kv_len), device)?.to_dtype(dtype)?;
+                Some(match expand_to {
+                    Some((b, heads))
+                        if !device.is_cpu()
+                            && b * heads * rows * kv_len * dtype.size_in_bytes()
+                                <= EXPANDED_MASK_BYTES =>
+                    {
+                        m.broadcast_as((b, heads, rows, kv_len))?.contiguous()?
+                    }
+                    _ => m,
+                })
             };
             chunks.push((start, rows, mask));
             start += rows;
         }
         Ok(Self { chunks })
     }
+}
+
+/// The dtype scores are masked and normalised in: the activations' own on CUDA, whose softmax kernels accumulate in
+/// f32 for bf16 and f16 input, so that masking (adding 0 or -inf, exact in any dtype) and the softmax give the same
+/// numbers as widening the scores to f32 first, without two casts and twice the bytes of a prefill's largest tensor;
+/// f32 elsewhere (candle's CPU softmax computes in its input's dtype).
+pub fn masked_dtype(dtype: DType, device: &Device) -> DType {
+    if device.is_cuda() { dtype } else { DType::F32 }
 }
 
 /// One layer's `self_attn`.
@@ -116,6 +152,8 @@ impl Attention {
             self.num_heads * self.head_dim,
             self.num_kv_heads * self.head_dim,
         );
+        // Sub-spans for `bench decoder --profile`: projections and RoPE into the cache, then the attention proper.
+        let qkv_span = tracing::trace_span!("attn-qkv").entered();
         let [q, k, v] = split_last(&self.qkv.forward(x)?, [q_width, kv_width, kv_width])?;
         let q = split(q, self.num_heads)?;
         let k = split(k, self.num_kv_heads)?;
@@ -125,6 +163,8 @@ impl Attention {
         let (k, v) = cache.write(layer, &k, &v)?;
         let k = repeat_kv(k, self.num_heads / self.num_kv_heads)?;
         let v = repeat_kv(v, self.num_heads / self.num_kv_heads)?;
+        drop(qkv_span);
+        let core_span = tracing::trace_span!("attn-core").entered();
 
         let mut outs = Vec::with_capacity(masks.chunks.len());
         for (start, rows, mask) in &masks.chunks {
@@ -132,8 +172,9 @@ impl Attention {
             let q = q.narrow(2, *start, *rows)?;
             let k = k.narrow(2, 0, kv_len)?;
             let v = v.narrow(2, 0, kv_len)?;
-            // scores = q kᵀ / √d in the activation dtype, softmax in f32 (eager LlamaAttention).
-            let scores = (q.matmul(&k.t()?)? * self.scale)?.to_dtype(DType::F32)?;
+            // scores = q kᵀ / √d in the activation dtype, softmax accumulated in f32 (eager LlamaAttention).
+            let scores =
+                (q.matmul(&k.t()?)? * self.scale)?.to_dtype(masked_dtype(v.dtype(), v.device()))?;
             let scores = match mask {
                 Some(m) => scores.broadcast_add(m)?,
                 None => scores,
@@ -149,6 +190,7 @@ impl Attention {
         let out = out
             .transpose(1, 2)?
             .reshape((b, t, self.num_heads * self.head_dim))?;
+        drop(core_span);
         self.o_proj.forward(&out)
     }
 }
@@ -170,7 +212,7 @@ mod tests {
 
     #[test]
     fn causal_mask_hides_the_future_only() -> Result<(), ModelError> {
-        let masks = CausalMasks::new(2, 3, QUERY_CHUNK, &Device::Cpu)?;
+        let masks = CausalMasks::new(2, 3, QUERY_CHUNK, DType::F32, &Device::Cpu, None)?;
         assert_eq!(masks.chunks.len(), 1);
         let m = masks.chunks[0]
             .2
@@ -187,7 +229,7 @@ mod tests {
                 vec![0.; 5]
             ]
         );
-        let single = CausalMasks::new(7, 1, QUERY_CHUNK, &Device::Cpu)?;
+        let single = CausalMasks::new(7, 1, QUERY_CHUNK, DType::F32, &Device::Cpu, None)?;
         assert!(single.chunks[0].2.is_none());
         Ok(())
     }

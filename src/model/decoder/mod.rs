@@ -99,7 +99,8 @@ pub struct DeepseekOcrDecoder {
     cfg: TextConfig,
     dtype: DType,
     device: Device,
-    /// Query rows per attention chunk in a prefill ([`attention::QUERY_CHUNK`] by default).
+    /// Query rows per attention chunk in a prefill ([`attention::QUERY_CHUNK`] by default on the CPU,
+    /// [`attention::GPU_QUERY_CHUNK`] on an accelerator).
     query_chunk: usize,
 }
 
@@ -133,7 +134,11 @@ impl DeepseekOcrDecoder {
             cfg: cfg.clone(),
             dtype: vb.dtype(),
             device: vb.device().clone(),
-            query_chunk: attention::QUERY_CHUNK,
+            query_chunk: if vb.device().is_cpu() {
+                attention::QUERY_CHUNK
+            } else {
+                attention::GPU_QUERY_CHUNK
+            },
         })
     }
 
@@ -273,7 +278,15 @@ impl DeepseekOcrDecoder {
         let offset = cache.len();
         // Also catches positions beyond the RoPE table before any layer writes the cache.
         self.rope.tables(offset, t)?;
-        let masks = CausalMasks::new(offset, t, self.query_chunk, &self.device)?;
+        let mask_dtype = attention::masked_dtype(self.dtype, &self.device);
+        let masks = CausalMasks::new(
+            offset,
+            t,
+            self.query_chunk,
+            mask_dtype,
+            &self.device,
+            Some((embeds.dim(0)?, self.cfg.num_attention_heads)),
+        )?;
         let mut x = embeds.to_dtype(self.dtype)?;
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(&x, &self.rope, &masks, cache, i)?;

@@ -16,6 +16,10 @@ use crate::model::kernels;
 /// Upper bound on elements of one block of attention logits (`heads·B × rows × N`), 128 MiB in f32.
 const ATTN_CHUNK_ELEMS: usize = 32 << 20;
 
+/// The same on an accelerator, where each block costs a copy, two GEMMs and a softmax in launches: a Base page's
+/// global attention (12 × 4,096 × 4,096) is one block of 384 MiB in bf16.
+const GPU_ATTN_CHUNK_ELEMS: usize = 256 << 20;
+
 /// `blocks.N.attn`: multi-head attention with decomposed relative position.
 pub(super) struct Attention {
     qkv: Linear,
@@ -26,9 +30,6 @@ pub(super) struct Attention {
     /// Per (h, w) grid: `Rh` `[h, h, hd]`, `Rw` `[w, w, hd]`, and the keys' one-hot row/column
     /// indicators `[h·w, h + w]` that turn the rel-pos bias into part of the q·kᵀ product.
     rel_cache: ResizeCache<(Tensor, Tensor, Tensor)>,
-    span: tracing::Span,
-    span_rel: tracing::Span,
-    span_sdpa: tracing::Span,
 }
 
 impl Attention {
@@ -42,9 +43,6 @@ impl Attention {
             rel_pos_h: tensor(&vb, table, "rel_pos_h")?,
             rel_pos_w: tensor(&vb, table, "rel_pos_w")?,
             rel_cache: ResizeCache::default(),
-            span: tracing::span!(tracing::Level::TRACE, "attn"),
-            span_rel: tracing::span!(tracing::Level::TRACE, "attn-rel-pos"),
-            span_sdpa: tracing::span!(tracing::Level::TRACE, "attn-sdpa"),
         })
     }
 
@@ -80,7 +78,7 @@ impl Attention {
 
     /// `[B, H, W, C]` → `[B, H, W, C]`.
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let _enter = self.span.enter();
+        let _span = tracing::trace_span!("attn").entered();
         let (b, h, w, c) = x.dims4()?;
         let (n, heads) = (h * w, self.num_heads);
         let hd = c / heads;
@@ -103,7 +101,7 @@ impl Attention {
             ))
         })?;
         let (rel_h, rel_w) = {
-            let _enter = self.span_rel.enter();
+            let _span = tracing::trace_span!("attn-rel-pos").entered();
             let rq = q.reshape((bh, h, w, hd))?;
             // rel_h = einsum("bhwc,hkc->bhwk", r_q, Rh): batched over the query row.
             let rel_h = rq
@@ -128,9 +126,14 @@ impl Attention {
             (rel_h, rel_w)
         };
 
-        let rows = (ATTN_CHUNK_ELEMS / (bh * n)).clamp(1, n);
+        let limit = if x.device().is_cpu() {
+            ATTN_CHUNK_ELEMS
+        } else {
+            GPU_ATTN_CHUNK_ELEMS
+        };
+        let rows = (limit / (bh * n)).clamp(1, n);
         let o = {
-            let _enter = self.span_sdpa.enter();
+            let _span = tracing::trace_span!("attn-sdpa").entered();
             sdpa_rel_pos(&q, &k, &v, &rel_h, &rel_w, &key_ind, rows)?
         };
         let o = o
@@ -206,13 +209,27 @@ fn sdpa_rel_pos_folded(
 ) -> Result<Tensor> {
     let (bh, n, hd) = q.dims3()?;
     let scale = 1.0 / (hd as f64).sqrt();
-    let q_aug = Tensor::cat(&[&(q * scale)?, rel_h, rel_w], 2)?;
-    let ind = key_ind
-        .unsqueeze(0)?
-        .broadcast_as((bh, n, key_ind.dim(1)?))?;
+    let kk = key_ind.dim(1)?;
+    let ind = key_ind.unsqueeze(0)?.broadcast_as((bh, n, kk))?;
+    // The inner dimension padded with zero columns to a multiple of 8 (a window's 64 + 14 + 14 = 92 becomes 96):
+    // tensor-core GEMMs want 16-byte aligned bf16 rows, and zeros add nothing to the products.
+    let pad = (8 - (hd + kk) % 8) % 8;
+    let (q_parts, k_parts) = if pad == 0 {
+        (
+            vec![(q * scale)?, rel_h.clone(), rel_w.clone()],
+            vec![k.clone(), ind],
+        )
+    } else {
+        let zeros = Tensor::zeros((bh, n, pad), q.dtype(), q.device())?;
+        (
+            vec![(q * scale)?, rel_h.clone(), rel_w.clone(), zeros.clone()],
+            vec![k.clone(), ind, zeros],
+        )
+    };
+    let q_aug = Tensor::cat(&q_parts, 2)?;
     // Materialised: the concatenation's layout is backend-specific (on CUDA its batch stride is not plain),
     // and cuBLAS takes only plain or simply transposed operands.
-    let kt = Tensor::cat(&[k, &ind], 2)?.t()?.contiguous()?;
+    let kt = Tensor::cat(&k_parts, 2)?.t()?.contiguous()?;
     let mut outs = Vec::with_capacity(n.div_ceil(rows));
     for start in (0..n).step_by(rows.max(1)) {
         let len = rows.min(n - start);
