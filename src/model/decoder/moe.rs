@@ -600,6 +600,20 @@ mod tests {
     }
 
     #[test]
+    fn dispatch_names_parse_and_unknown_ones_are_refused() {
+        for (name, d) in [
+            ("auto", Dispatch::Auto),
+            ("gather", Dispatch::Gather),
+            ("grouped", Dispatch::Grouped),
+            ("padded", Dispatch::Padded),
+        ] {
+            assert_eq!(name.parse::<Dispatch>(), Ok(d));
+        }
+        let err = "fused".parse::<Dispatch>().err().unwrap_or_default();
+        assert!(err.contains("fused") && err.contains("padded"), "{err}");
+    }
+
+    #[test]
     fn padded_cap_trades_padding_against_launches() {
         // Even load: one batch, no padding.
         assert_eq!(padded_cap(&[94; 64]), 94);
