@@ -416,14 +416,13 @@ pub fn run(opts: &DecoderBenchOptions) -> Result<DecoderBenchRun, ModelError> {
             decode_runs_s.push(t1.elapsed().as_secs_f64());
         }
     }
-    let profile = if opts.profile {
-        let spans = SpanProfile::new(dev);
-        cache.reset();
-        spans.run(|| model.hidden_states(&prompt, &mut cache))?;
-        Some(spans.rows())
-    } else {
-        None
-    };
+    let profile = opts
+        .profile
+        .then(|| {
+            cache.reset();
+            SpanProfile::measure(dev, || model.hidden_states(&prompt, &mut cache))
+        })
+        .transpose()?;
     // The same steps at batch B: B copies of the prompt through one cache, each step feeding B tokens.
     let batch_decode = if opts.batch > 1 {
         let b = opts.batch;

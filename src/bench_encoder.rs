@@ -404,17 +404,14 @@ fn run_with_config(cfg: &VisionConfig, opts: &EncoderBenchOptions) -> Result<Enc
     let (sequence, projector_out, global_view) = first.ok_or_else(|| ModelError::Input {
         reason: "no page was encoded".into(),
     })?;
-    let profile = if opts.profile {
-        let spans = SpanProfile::new(device);
-        spans.run(|| -> Result<()> {
-            let prepared = preprocess::prepare(&page, opts.mode)?;
-            encoder.encode_with_global(&prepared)?;
-            Ok(())
-        })?;
-        Some(spans.rows())
-    } else {
-        None
-    };
+    let profile = opts
+        .profile
+        .then(|| {
+            SpanProfile::measure(device, || {
+                encoder.encode_with_global(&preprocess::prepare(&page, opts.mode)?)
+            })
+        })
+        .transpose()?;
     let report = EncoderBenchReport {
         mode: opts.mode,
         iters,

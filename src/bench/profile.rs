@@ -77,6 +77,16 @@ impl SpanProfile {
         tracing::dispatcher::with_default(&self.dispatch(), f)
     }
 
+    /// One pass of `f` under a new profile of `device` ([`Self::run`]): the rows it gave, or `f`'s error.
+    pub fn measure<T, E>(
+        device: &Device,
+        f: impl FnOnce() -> Result<T, E>,
+    ) -> Result<Vec<SpanRow>, E> {
+        let spans = Self::new(device);
+        spans.run(f)?;
+        Ok(spans.rows())
+    }
+
     /// The rows so far, longest self time first.
     pub fn rows(&self) -> Vec<SpanRow> {
         let stats = self.stats.lock().unwrap_or_else(PoisonError::into_inner);

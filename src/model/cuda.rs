@@ -39,17 +39,18 @@ pub fn tune(device: &Device) -> Result<(), ModelError> {
     // SAFETY: `dev` is the device of a live context; the release threshold attribute takes a `u64`, and `threshold`
     // outlives the call.
     unsafe {
-        let pool = result::device::get_mem_pool(dev).map_err(driver_error)?;
+        let pool = result::device::get_mem_pool(dev).map_err(cuda_error)?;
         result::mem_pool::set_attribute(
             pool,
             sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
             (&mut threshold as *mut u64).cast(),
         )
-        .map_err(driver_error)
+        .map_err(cuda_error)
     }
 }
 
-fn driver_error(e: result::DriverError) -> ModelError {
+/// A CUDA library's error (driver, cuBLASLt) as candle reports one.
+fn cuda_error(e: impl std::error::Error + Send + Sync + 'static) -> ModelError {
     ModelError::Candle(candle_core::Error::Cuda(Box::new(e)))
 }
 
@@ -94,10 +95,7 @@ fn blas_lt(cuda: &candle_core::CudaDevice) -> Result<Arc<CudaBlasLT>, ModelError
     if let Some(h) = handles.get(&(stream.cu_stream() as usize)) {
         return Ok(h.clone());
     }
-    let h = Arc::new(
-        CudaBlasLT::new(stream.clone())
-            .map_err(|e| ModelError::Candle(candle_core::Error::Cuda(Box::new(e))))?,
-    );
+    let h = Arc::new(CudaBlasLT::new(stream.clone()).map_err(cuda_error)?);
     handles.insert(stream.cu_stream() as usize, h.clone());
     Ok(h)
 }
@@ -141,8 +139,7 @@ pub fn linear_bias(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor, ModelEr
     let bv = bs.as_cuda_slice::<bf16>()?.slice(bo..bo + n);
     let stream = cuda.cuda_stream();
     // SAFETY: every element is written by the GEMM below before the tensor is read.
-    let mut out = unsafe { stream.alloc::<bf16>(rows * n) }
-        .map_err(|e| ModelError::Candle(candle_core::Error::Cuda(Box::new(e))))?;
+    let mut out = unsafe { stream.alloc::<bf16>(rows * n) }.map_err(cuda_error)?;
     // Column-major view: outᵀ [n, rows] = w [n, k] (its row-major storage read transposed) · xᵀ [k, rows].
     let cfg = MatmulConfig {
         transa: true,
@@ -163,8 +160,7 @@ pub fn linear_bias(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor, ModelEr
         batch_size: None,
     };
     // SAFETY: the views hold `n·k`, `rows·k` and `n` elements as the config describes, and `out` `rows·n`.
-    unsafe { lt.matmul(cfg, &wv, &xv, &mut out, Some(&bv), None) }
-        .map_err(|e| ModelError::Candle(candle_core::Error::Cuda(Box::new(e))))?;
+    unsafe { lt.matmul(cfg, &wv, &xv, &mut out, Some(&bv), None) }.map_err(cuda_error)?;
     let storage = CudaStorage::wrap_cuda_slice(out, cuda.clone());
     Ok(Tensor::from_storage(
         Storage::Cuda(storage),

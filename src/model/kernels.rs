@@ -524,21 +524,32 @@ impl CustomOp2 for MatmulBf16T {
 /// candle's GEMM on an f32 copy of `w` beyond; every other pairing is candle's matmul as `candle_nn::Linear`
 /// does it (mismatched dtypes are its error, not a silent conversion on every call).
 pub(crate) fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    on_rows(x, |x2| {
+        let rows = x2.dim(0)?;
+        Ok(
+            if w.dtype() == DType::BF16 && x2.dtype() == DType::F32 && x2.device().is_cpu() {
+                if rows <= BF16_KERNEL_MAX_ROWS {
+                    x2.apply_op2_no_bwd(&w.contiguous()?, &MatmulBf16T)?
+                } else {
+                    x2.matmul(&w.to_dtype(DType::F32)?.t()?)?
+                }
+            } else {
+                x2.matmul(&w.t()?)?
+            },
+        )
+    })
+}
+
+/// `f` applied to the rows of `x` (any rank) as one contiguous `[rows, in]` matrix; its `[rows, out]` result gets
+/// `x`'s leading dimensions back.
+pub(crate) fn on_rows(x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
     let last = x.dim(candle_core::D::Minus1)?;
     let lead = &x.dims()[..x.rank() - 1];
-    let rows: usize = lead.iter().product();
+    let y = f(&x
+        .contiguous()?
+        .reshape((lead.iter().product::<usize>(), last))?)?;
     let mut out_dims = lead.to_vec();
-    out_dims.push(w.dim(0)?);
-    let x2 = x.contiguous()?.reshape((rows, last))?;
-    let y = if w.dtype() == DType::BF16 && x.dtype() == DType::F32 && x.device().is_cpu() {
-        if rows <= BF16_KERNEL_MAX_ROWS {
-            x2.apply_op2_no_bwd(&w.contiguous()?, &MatmulBf16T)?
-        } else {
-            x2.matmul(&w.to_dtype(DType::F32)?.t()?)?
-        }
-    } else {
-        x2.matmul(&w.t()?)?
-    };
+    out_dims.push(y.dim(1)?);
     Ok(y.reshape(out_dims)?)
 }
 

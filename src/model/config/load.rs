@@ -137,19 +137,14 @@ impl Linear {
         // On CUDA in bf16 the bias rides in the GEMM's epilogue (`model::cuda::linear_bias`).
         #[cfg(feature = "cuda")]
         if let Some(b) = &self.bias {
-            let k = x.dim(candle_core::D::Minus1)?;
-            let rows = x.elem_count() / k.max(1);
-            if x.device().is_cuda() && x.dtype() == DType::BF16 && rows > 0 {
-                let y = crate::model::cuda::linear_bias(
-                    &x.contiguous()?.reshape((rows, k))?,
-                    &self.weight.contiguous()?,
-                    &b.contiguous()?,
-                )?;
-                let mut dims = x.dims().to_vec();
-                if let Some(last) = dims.last_mut() {
-                    *last = self.weight.dim(0)?;
-                }
-                return Ok(y.reshape(dims)?);
+            if x.device().is_cuda() && x.dtype() == DType::BF16 && x.elem_count() > 0 {
+                return crate::model::kernels::on_rows(x, |x2| {
+                    crate::model::cuda::linear_bias(
+                        x2,
+                        &self.weight.contiguous()?,
+                        &b.contiguous()?,
+                    )
+                });
             }
         }
         let y = matmul_t(x, &self.weight)?;

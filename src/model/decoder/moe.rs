@@ -23,9 +23,9 @@
 //!   `arg_sort` keeps a whole row in shared memory and cannot sort the 49,152 slots of an
 //!   8,192-token prompt.
 //! * **Padded** (many tokens on a GPU, i.e. prefill): the same sort, then every expert gets the same
-//!   number of rows `cap` (its slots, padded with rows of weight 0), so all experts run as one batched
-//!   matmul chain over the stacked weights: a handful of kernels per layer instead of half a dozen per
-//!   expert, which on a GPU is what a prefill's time goes to (launches, not arithmetic). Experts with
+//!   number of rows `cap` (its slots, padded with rows that are computed and never read), so all experts run as one
+//!   batched matmul chain over the stacked weights: a handful of kernels per layer instead of half a dozen per
+//!   expert (on an H200 a prefill's time goes to kernels around the GEMMs, not to their arithmetic). Experts with
 //!   more than `cap` slots run alone as in the grouped path; `cap` is chosen per layer to minimise padded
 //!   rows plus a launch chain's worth of rows per expert run alone ([`padded_cap`]). The outputs are combined by a
 //!   gather (each token reads its k rows back), not a scatter.

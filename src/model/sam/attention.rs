@@ -214,18 +214,13 @@ fn sdpa_rel_pos_folded(
     // The inner dimension padded with zero columns to a multiple of 8 (a window's 64 + 14 + 14 = 92 becomes 96):
     // tensor-core GEMMs want 16-byte aligned bf16 rows, and zeros add nothing to the products.
     let pad = (8 - (hd + kk) % 8) % 8;
-    let (q_parts, k_parts) = if pad == 0 {
-        (
-            vec![(q * scale)?, rel_h.clone(), rel_w.clone()],
-            vec![k.clone(), ind],
-        )
-    } else {
+    let mut q_parts = vec![(q * scale)?, rel_h.clone(), rel_w.clone()];
+    let mut k_parts = vec![k.clone(), ind];
+    if pad > 0 {
         let zeros = Tensor::zeros((bh, n, pad), q.dtype(), q.device())?;
-        (
-            vec![(q * scale)?, rel_h.clone(), rel_w.clone(), zeros.clone()],
-            vec![k.clone(), ind, zeros],
-        )
-    };
+        q_parts.push(zeros.clone());
+        k_parts.push(zeros);
+    }
     let q_aug = Tensor::cat(&q_parts, 2)?;
     // Materialised: the concatenation's layout is backend-specific (on CUDA its batch stride is not plain),
     // and cuBLAS takes only plain or simply transposed operands.
