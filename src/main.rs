@@ -162,6 +162,9 @@ enum BenchCommand {
         /// around each span) and print the table.
         #[arg(long)]
         profile: bool,
+        /// Run the composite candle ops where a fused CUDA kernel exists (`model::fused`), to time both in one call.
+        #[arg(long)]
+        no_fused: bool,
     },
     /// MoE decoder prefill time and batch-1 decode tokens/s with official-size random weights or a model directory's;
     /// KV-cache bytes per 1,000 tokens; optionally dumps the prefill outputs for parity checks.
@@ -198,6 +201,21 @@ enum BenchCommand {
         /// `decoded` (i64, the greedy tokens) to this safetensors file.
         #[arg(long, value_name = "FILE")]
         dump: Option<PathBuf>,
+        /// Print the report as one JSON object on stdout (the readable report goes to stderr).
+        #[arg(long)]
+        json: bool,
+        /// Run the composite candle ops where a fused CUDA kernel exists (`model::fused`), to time both in one call.
+        #[arg(long)]
+        no_fused: bool,
+    },
+    /// The fused CUDA kernels against the composite ops they replace, at the official shapes, on this machine's GPU:
+    /// largest difference and time of each side; a difference past an op's tolerance fails the run.
+    Kernels {
+        /// Decoder rows (prompt tokens) of the decoder ops' shapes.
+        #[arg(long, default_value_t = 1000)]
+        tokens: usize,
+        #[arg(long, default_value_t = 20)]
+        repeat: usize,
         /// Print the report as one JSON object on stdout (the readable report goes to stderr).
         #[arg(long)]
         json: bool,
@@ -273,8 +291,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             dump,
             json,
             profile,
+            no_fused,
         }) => {
             anyhow::ensure!(iters > 0, "--iters must be at least 1");
+            optimem::model::fused::set_enabled(!no_fused);
             let (device, dtype) = cli::ocr::device()?;
             let warmup = warmup.unwrap_or(usize::from(device.is_cuda()));
             let mut opts = EncoderBenchOptions::new(mode, iters, dtype, device);
@@ -312,11 +332,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             profile,
             dump,
             json,
+            no_fused,
         }) => {
             anyhow::ensure!(
                 prompt_tokens > 0 && decode_tokens > 0 && repeat > 0,
                 "--prompt-tokens, --decode-tokens and --repeat must be at least 1"
             );
+            optimem::model::fused::set_enabled(!no_fused);
             let (device, dtype) = cli::ocr::device()?;
             let mut opts = match &model {
                 Some(dir) => DecoderBenchOptions::from_model_dir(dir, dtype, device)
@@ -340,6 +362,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .with_context(|| format!("writing {}", path.display()))?;
             }
             print_report(&run.report, &run.report.to_json(), json);
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Kernels {
+            tokens,
+            repeat,
+            json,
+        }) => {
+            anyhow::ensure!(
+                tokens > 1 && repeat > 0,
+                "--tokens must be at least 2 and --repeat at least 1"
+            );
+            let (device, dtype) = cli::ocr::device()?;
+            anyhow::ensure!(
+                optimem::model::fused::active(&device, dtype),
+                "no fused kernels on this device ({device:?}, {dtype:?}): they run in the CUDA build on a GPU"
+            );
+            let report = optimem::bench::kernels::run(&device, dtype, tokens, repeat)
+                .context("kernel bench")?;
+            let md = report.markdown();
+            print_report(&md, &serde_json::to_value(&report)?, json);
+            let failed: Vec<_> = report.rows.iter().filter(|r| !r.ok()).map(|r| r.op.clone()).collect();
+            anyhow::ensure!(failed.is_empty(), "fused kernels differ from the composite ops: {failed:?}");
             Ok(())
         }
         Command::Bench(BenchCommand::Render {

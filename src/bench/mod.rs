@@ -10,7 +10,9 @@
 //!   layer that times the pipeline's stage spans, so a report can say where a request's time goes), [`BenchError`].
 //! - [`service`]: the in-process server driven by N tonic clients.
 //! - [`memory`]: remember / recall through the library, per tier and token encoding.
+//! - [`kernels`]: the model's fused CUDA kernels against the composite ops they replace, on the GPU.
 
+pub mod kernels;
 pub mod memory;
 pub mod profile;
 pub mod service;

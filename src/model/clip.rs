@@ -11,6 +11,7 @@ use candle_nn::VarBuilder;
 
 use super::config::{ClipConfig, LayerNorm, Linear, layer_norm, linear, tensor};
 use super::error::{ModelError, Result};
+use super::fused;
 use super::interp::{ResizeCache, resize_nhwc_bicubic_aa};
 
 /// LayerNorm eps of every CLIP norm (`layernorm_epsilon` 1e-5).
@@ -43,8 +44,7 @@ impl ClipAttention {
         let q = qkv.get(0)?.contiguous()?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
-        let logits = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-        let probs = candle_nn::ops::softmax_last_dim(&logits)?;
+        let probs = fused::softmax(&q.matmul(&k.t()?)?, 1.0 / (hd as f64).sqrt())?;
         let o = probs
             .matmul(&v)?
             .permute((0, 2, 1, 3))?

@@ -24,6 +24,8 @@ use half::bf16;
 
 use crate::model::ModelError;
 
+pub mod fused;
+
 /// Applies both settings to `device` (a no-op on another device). Call it before creating tensors on the device:
 /// buffers created earlier keep their event tracking.
 #[allow(unsafe_code)]

@@ -4,7 +4,10 @@
 //! * [`config`]: vision sizes from `config.json` (official layout + optional `vision` section) and the
 //!   checkpoint-loading helpers (`load_safetensors_mmap`, named-tensor loading).
 //! * [`error`]: [`ModelError`], the error of every model call.
-//! * `cuda` (feature `cuda`): CUDA device settings (the memory pool keeps freed memory, no per-buffer event tracking).
+//! * `cuda` (feature `cuda`): CUDA device settings (the memory pool keeps freed memory, no per-buffer event tracking),
+//!   the bias-epilogue GEMM and the launchers of our own fused kernels (`cuda/fused.cu`, compiled by build.rs).
+//! * [`fused`]: SwiGLU, RMSNorm, row gathers, the MoE combination and softmax as one fused kernel each on a CUDA GPU
+//!   in bf16, composite candle ops elsewhere.
 //! * [`preprocess`]: image decoding, Pillow-exact resize/pad, Gundam tiles, [`Mode`] and [`PreparedImage`].
 //! * [`interp`]: torch-exact bicubic-antialias and linear resizes for the position tables.
 //! * `kernels`: vectorised CPU f32 kernels (SAM's rel-pos softmax, the erf GELU) behind AVX2 dispatch.
@@ -47,6 +50,7 @@ pub mod cuda;
 pub mod decoder;
 pub mod deepencoder;
 pub mod error;
+pub mod fused;
 pub mod generate;
 pub mod interp;
 pub(crate) mod kernels;

@@ -8,7 +8,9 @@
 # Steps: decoder (1,000-token prefill + 64 steps, auto dispatch, --profile on both sides), dispatch (our prefill under
 # the grouped and the padded MoE dispatch, the same weights), encoder-base (20 pages, --profile on both sides),
 # encoder-gundam (10 pages), ncu-decoder and ncu-encoder (Nsight Compute: the GPU time of every kernel of one profiled
-# prefill or page, summed by kernel; tools/cuda/ncu_summary.py).
+# prefill or page, summed by kernel; tools/cuda/ncu_summary.py), kernels (`optimem bench kernels`: every fused kernel
+# against the composite ops it replaces, differences and times; fails on a difference past tolerance), fused (our
+# decoder prefill and Base encoder with the fused kernels and with `--no-fused`, alternating, the same weights).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
@@ -44,6 +46,18 @@ for step in "${steps[@]}"; do
     encoder-gundam)
       python3 tools/reference/bench_full.py encoder --model "$W" --binary "$B" --device cuda --mode gundam --iters 10 \
         --json-out "$OUT/encoder-gundam-$tag.json" > "$OUT/encoder-gundam-$tag.md" 2> "$OUT/encoder-gundam-$tag.err" ;;
+    kernels)
+      "$B" bench kernels --repeat 20 > "$OUT/kernels-$tag.md" 2> "$OUT/kernels-$tag.err" || echo "kernels: exit $?" ;;
+    fused)
+      for round in 1 2; do
+        for f in fused no-fused; do
+          flag=(); [ "$f" = fused ] || flag=(--no-fused)
+          "$B" bench decoder --model "$W" --prompt-tokens 1000 --decode-tokens 64 --repeat 5 --json "${flag[@]}" \
+            > "$OUT/fused-decoder-$f-$round-$tag.json" 2> "$OUT/fused-decoder-$f-$round-$tag.err" || echo "decoder $f: exit $?"
+          "$B" bench encoder --model "$W" --mode base --iters 20 --json "${flag[@]}" \
+            > "$OUT/fused-encoder-$f-$round-$tag.json" 2> "$OUT/fused-encoder-$f-$round-$tag.err" || echo "encoder $f: exit $?"
+        done
+      done ;;
     ncu-decoder|ncu-encoder)
       # Kernel by kernel (Nsight Compute, GPU time of each launch) for the one pass `--profile` marks with
       # cuProfilerStart/Stop: a 1,000-token prefill, or one Base page.

@@ -11,7 +11,7 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::model::ModelError;
+use crate::model::{ModelError, fused};
 use crate::model::decoder::TextConfig;
 use crate::model::decoder::kv_cache::KvCache;
 use crate::model::decoder::layers::{Linear, fused_linear, linear, split_last};
@@ -58,7 +58,8 @@ impl CausalMasks {
         while start < t {
             let rows = chunk.min(t - start);
             let kv_len = offset + start + rows;
-            let mask = if rows == 1 {
+            // The fused softmax masks by position itself (`fused::causal_softmax`).
+            let mask = if rows == 1 || fused::active(device, dtype) {
                 None
             } else {
                 let mut m = vec![0f32; rows * kv_len];
@@ -173,13 +174,13 @@ impl Attention {
             let k = k.narrow(2, 0, kv_len)?;
             let v = v.narrow(2, 0, kv_len)?;
             // scores = q kᵀ / √d in the activation dtype, softmax accumulated in f32 (eager LlamaAttention).
-            let scores =
-                (q.matmul(&k.t()?)? * self.scale)?.to_dtype(masked_dtype(v.dtype(), v.device()))?;
-            let scores = match mask {
-                Some(m) => scores.broadcast_add(m)?,
-                None => scores,
-            };
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+            let probs = fused::causal_softmax(
+                &q.matmul(&k.t()?)?,
+                self.scale,
+                offset + start,
+                mask.as_ref(),
+                masked_dtype(v.dtype(), v.device()),
+            )?;
             outs.push(probs.matmul(&v)?);
         }
         let out = if outs.len() == 1 {

@@ -3,7 +3,7 @@
 use candle_core::{DType, Shape, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::model::ModelError;
+use crate::model::{ModelError, fused};
 pub(crate) use crate::model::config::Linear;
 use crate::model::kernels::compact_bf16;
 
@@ -128,8 +128,7 @@ impl RmsNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
-        let normed = candle_nn::ops::rms_norm(&x.to_dtype(DType::F32)?, &self.unit, self.eps)?;
-        Ok(normed.to_dtype(x.dtype())?.broadcast_mul(&self.weight)?)
+        fused::rms_norm(x, &self.weight, &self.unit, self.eps)
     }
 }
 
@@ -162,14 +161,8 @@ impl Mlp {
         let _span = tracing::trace_span!("mlp").entered();
         let gate_up = self.gate_up.forward(x)?;
         self.down_proj
-            .forward(&swiglu(&gate_up, self.intermediate)?)
+            .forward(&fused::swiglu(&gate_up, self.intermediate)?)
     }
-}
-
-/// `silu(gate) * up` for `gate_up` = `[gate | up]` along the last dimension, each `width` wide.
-pub(crate) fn swiglu(gate_up: &Tensor, width: usize) -> Result<Tensor, ModelError> {
-    let [gate, up] = split_last(gate_up, [width, width])?;
-    Ok((candle_nn::ops::silu(&gate)? * up)?)
 }
 
 #[cfg(test)]

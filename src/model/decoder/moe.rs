@@ -35,7 +35,8 @@ use candle_nn::VarBuilder;
 
 use crate::model::ModelError;
 use crate::model::decoder::TextConfig;
-use crate::model::decoder::layers::{Mlp, swiglu, weight};
+use crate::model::decoder::layers::{Mlp, weight};
+use crate::model::fused::{self, swiglu};
 use crate::model::kernels::{compact_bf16, matmul_t};
 
 /// Up to this many tokens per forward use the gather path on an accelerator (batch-1 decoding and small batches).
@@ -277,16 +278,22 @@ impl Moe {
             Dispatch::Auto => Dispatch::Padded,
             d => d,
         };
-        let routed = match dispatch {
-            Dispatch::Gather => self.dispatch_gather(&flat, &idx, &w)?,
-            Dispatch::Padded => self.dispatch_padded(&flat, &idx, &w, None)?,
-            _ => self.dispatch_grouped(&flat, &idx, &w)?,
+        let shared = match &self.shared_experts {
+            Some(s) => Some(s.forward(&flat)?),
+            None => None,
         };
-        let y = routed.to_dtype(x.dtype())?.reshape((b, t, h))?;
-        match &self.shared_experts {
-            Some(shared) => Ok((y + shared.forward(x)?)?),
-            None => Ok(y),
-        }
+        let y = match dispatch {
+            Dispatch::Padded => self.dispatch_padded(&flat, &idx, &w, None, shared.as_ref())?,
+            Dispatch::Gather => fused::add_shared(
+                &self.dispatch_gather(&flat, &idx, &w)?.to_dtype(x.dtype())?,
+                shared.as_ref(),
+            )?,
+            _ => fused::add_shared(
+                &self.dispatch_grouped(&flat, &idx, &w)?.to_dtype(x.dtype())?,
+                shared.as_ref(),
+            )?,
+        };
+        Ok(y.reshape((b, t, h))?)
     }
 
     /// Gather path; returns the weighted sum `(N, H)` in f32.
@@ -297,8 +304,8 @@ impl Moe {
         let slots = idx.flatten_all()?;
         let ex = &self.experts;
         // Weights kept in bf16 on the CPU are widened to the activations' dtype after the gather.
-        let wgu = ex.gate_up.index_select(&slots, 0)?.to_dtype(x.dtype())?;
-        let wd = ex.down_proj.index_select(&slots, 0)?.to_dtype(x.dtype())?;
+        let wgu = fused::gather_rows(&ex.gate_up, &slots)?.to_dtype(x.dtype())?;
+        let wd = fused::gather_rows(&ex.down_proj, &slots)?.to_dtype(x.dtype())?;
         let xs = x
             .unsqueeze(1)?
             .broadcast_as((n, k, h))?
@@ -340,14 +347,15 @@ impl Moe {
         Ok(Tensor::zeros((n, h), DType::F32, dev)?.index_add(&tokens, &weighted, 0)?)
     }
 
-    /// Padded path, `cap` rows per expert in the batch (default [`padded_cap`]); returns the weighted sum `(N, H)`
-    /// in f32.
+    /// Padded path, `cap` rows per expert in the batch (default [`padded_cap`]); returns the layer's output `(N, H)`
+    /// in `x`'s dtype: the weighted sum cast back, plus `shared` (the shared experts' output) when given.
     fn dispatch_padded(
         &self,
         x: &Tensor,
         idx: &Tensor,
         w: &Tensor,
         cap: Option<usize>,
+        shared: Option<&Tensor>,
     ) -> Result<Tensor, ModelError> {
         let _span = tracing::trace_span!("moe-padded").entered();
         let (n, h) = x.dims2()?;
@@ -397,7 +405,7 @@ impl Moe {
         drop(sort_span);
 
         let experts_span = tracing::trace_span!("moe-experts").entered();
-        let x_rows = x.index_select(&tokens, 0)?;
+        let x_rows = fused::gather_rows(x, &tokens)?;
         let mut outs = Vec::with_capacity(1 + alone.len());
         if cap > 0 {
             // Weights kept in bf16 on the CPU meet f32 activations: widen them (this path is the GPU's; the CPU
@@ -418,14 +426,7 @@ impl Moe {
         };
         drop(experts_span);
         let _combine = tracing::trace_span!("moe-combine").entered();
-        // Each token's k rows weighted and summed in f32 as one batched product `(N, 1, k) · (N, k, H)`: a GEMM where
-        // a broadcast multiply and a reduction took two element-wise passes over `N·k·H` (175 µs a layer at 1,000
-        // tokens on an H200).
-        let picked = out
-            .index_select(&rows_of, 0)?
-            .to_dtype(DType::F32)?
-            .reshape((n, k, h))?;
-        Ok(w.unsqueeze(1)?.matmul(&picked)?.squeeze(1)?)
+        fused::moe_combine(&out, &rows_of, w, shared)
     }
 }
 
@@ -577,16 +578,12 @@ mod tests {
             .unwrap_or(0);
         // 0: every expert alone; 1..max: some padded, the busiest alone; max and beyond: one batch, all padded.
         for cap in [0, 1, 3, max - 1, max, max + 2] {
-            let got = moe.dispatch_padded(&x, &idx, &w, Some(cap))?;
             let shared = moe
                 .shared_experts
                 .as_ref()
                 .map(|s| s.forward(&x))
                 .transpose()?;
-            let got = match shared {
-                Some(s) => (got + s)?,
-                None => got,
-            };
+            let got = moe.dispatch_padded(&x, &idx, &w, Some(cap), shared.as_ref())?;
             for (g, w) in got
                 .to_vec2::<f32>()?
                 .iter()

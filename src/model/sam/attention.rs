@@ -11,7 +11,7 @@ use candle_nn::VarBuilder;
 use crate::model::config::{Linear, SamConfig, linear, tensor};
 use crate::model::error::Result;
 use crate::model::interp::{ResizeCache, resize_rows_linear};
-use crate::model::kernels;
+use crate::model::{fused, kernels};
 
 /// Upper bound on elements of one block of attention logits (`heads·B × rows × N`), 128 MiB in f32.
 const ATTN_CHUNK_ELEMS: usize = 32 << 20;
@@ -230,7 +230,7 @@ fn sdpa_rel_pos_folded(
         let len = rows.min(n - start);
         // A contiguous block keeps the GEMM's batch stride plain for every backend (cuBLAS included).
         let logits = q_aug.narrow(1, start, len)?.contiguous()?.matmul(&kt)?;
-        let probs = candle_nn::ops::softmax_last_dim(&logits)?;
+        let probs = fused::softmax(&logits, 1.0)?;
         outs.push(probs.matmul(v)?);
     }
     Ok(Tensor::cat(&outs, 1)?)

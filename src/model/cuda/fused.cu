@@ -1,0 +1,218 @@
+// Fused kernels of the CUDA build (cargo feature `cuda`), compiled to PTX by build.rs with the toolkit's nvcc and
+// loaded by `src/model/cuda/fused.rs`, which documents what each one replaces and checks every precondition named
+// here (dtype, contiguity, alignment) before a launch.
+//
+// Every kernel reads bf16, computes in f32 and rounds where the PyTorch reference rounds: an element-wise op on bf16
+// tensors in PyTorch computes in f32 and rounds its result once, so each rounding below stands for one PyTorch op.
+
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+typedef __nv_bfloat16 bf16;
+
+__device__ __forceinline__ float f(bf16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ bf16 b(float v) { return __float2bfloat16(v); }
+// A value rounded to bf16 and read back: one PyTorch bf16 op's result.
+__device__ __forceinline__ float round_bf16(float v) { return f(b(v)); }
+
+// Eight bf16 in one 16-byte word.
+union Pack8 {
+    uint4 u;
+    bf16 h[8];
+};
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int m = 16; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int m = 16; m > 0; m >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, m));
+    return v;
+}
+
+// SwiGLU: out[r, c] = silu(gate) * up with gate = gu[r, c], up = gu[r, width + c] (a fused gate/up projection's
+// output, rows 2·width wide). silu(g) = g / (1 + exp(−g)) in f32, rounded (F.silu), times up, rounded (the mul).
+// width % 8 == 0 and both buffers 16-byte aligned: each thread does eight columns with 16-byte loads.
+extern "C" __global__ void swiglu_bf16(const uint4 *__restrict__ gu, uint4 *__restrict__ out, uint32_t rows,
+                                       uint32_t width) {
+    const uint32_t vecs = width / 8;
+    const size_t n = (size_t)rows * vecs;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t r = i / vecs, c = i - r * vecs;
+        Pack8 g, u, o;
+        g.u = gu[r * 2 * vecs + c];
+        u.u = gu[r * 2 * vecs + vecs + c];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const float x = f(g.h[j]);
+            o.h[j] = b(round_bf16(x / (1.0f + expf(-x))) * f(u.h[j]));
+        }
+        out[i] = o.u;
+    }
+}
+
+// DeepseekV2RMSNorm, one block per row of `cols`: n = (x · rsqrt(mean(x²) + eps)) in f32, rounded (`.to(bf16)`),
+// then weight · n, rounded. blockDim.x is a multiple of 32, at most 1024.
+extern "C" __global__ void rms_norm_bf16(const bf16 *__restrict__ x, const bf16 *__restrict__ w,
+                                         bf16 *__restrict__ out, uint32_t cols, float eps) {
+    __shared__ float partial[32];
+    const bf16 *xr = x + (size_t)blockIdx.x * cols;
+    bf16 *yr = out + (size_t)blockIdx.x * cols;
+    float ss = 0.0f;
+    for (uint32_t c = threadIdx.x; c < cols; c += blockDim.x) {
+        const float v = f(xr[c]);
+        ss += v * v;
+    }
+    ss = warp_sum(ss);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) partial[warp] = ss;
+    __syncthreads();
+    if (warp == 0) {
+        float t = lane < (int)(blockDim.x / 32) ? partial[lane] : 0.0f;
+        t = warp_sum(t);
+        if (lane == 0) partial[0] = t;
+    }
+    __syncthreads();
+    const float r = rsqrtf(partial[0] / (float)cols + eps);
+    for (uint32_t c = threadIdx.x; c < cols; c += blockDim.x) {
+        yr[c] = b(round_bf16(f(xr[c]) * r) * f(w[c]));
+    }
+}
+
+// out[i] = src[idx[i]] for rows of `vecs` 16-byte words (any dtype; the caller checks that a row is a whole number of
+// words and both buffers are aligned). An index past the `src_rows` rows gives a zero row.
+extern "C" __global__ void gather_rows_16b(const uint4 *__restrict__ src, const uint32_t *__restrict__ idx,
+                                           uint4 *__restrict__ out, uint32_t n_out, uint32_t vecs,
+                                           uint32_t src_rows) {
+    const size_t n = (size_t)n_out * vecs;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t r = i / vecs, c = i - r * vecs;
+        const uint32_t s = idx[r];
+        out[i] = s < src_rows ? src[(size_t)s * vecs + c] : make_uint4(0, 0, 0, 0);
+    }
+}
+
+// The MoE layer's combination (HF DeepseekV2MoE): token t's routed output is Σ_j w[t, j] · y[rows_of[t·k + j]] in
+// f32, rounded (`.type(bf16)`), then plus the shared experts' output `shared[t]` (may be null), rounded. y's rows and
+// shared are `h` wide, h % 8 == 0, 16-byte aligned; w is (n, k) f32.
+extern "C" __global__ void moe_combine_bf16(const uint4 *__restrict__ y, const uint32_t *__restrict__ rows_of,
+                                            const float *__restrict__ w, const uint4 *__restrict__ shared,
+                                            uint4 *__restrict__ out, uint32_t n, uint32_t k, uint32_t h) {
+    const uint32_t vecs = h / 8;
+    const size_t total = (size_t)n * vecs;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const size_t t = i / vecs, c = i - t * vecs;
+        float acc[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[e] = 0.0f;
+        for (uint32_t j = 0; j < k; ++j) {
+            const float wj = w[t * k + j];
+            Pack8 v;
+            v.u = y[(size_t)rows_of[t * k + j] * vecs + c];
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[e] += f(v.h[e]) * wj;
+        }
+        Pack8 o;
+        if (shared != nullptr) {
+            Pack8 s;
+            s.u = shared[i];
+#pragma unroll
+            for (int e = 0; e < 8; ++e) o.h[e] = b(round_bf16(acc[e]) + f(s.h[e]));
+        } else {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) o.h[e] = b(acc[e]);
+        }
+        out[i] = o.u;
+    }
+}
+
+// Running (max, Σ exp(v − max)) of a softmax row, merged value by value or with another partial result.
+struct Online {
+    float m, s;
+    __device__ __forceinline__ void merge(float om, float os) {
+        if (om == -INFINITY) return;
+        if (m == -INFINITY) {
+            m = om;
+            s = os;
+            return;
+        }
+        const float hi = fmaxf(m, om);
+        s = s * expf(m - hi) + os * expf(om - hi);
+        m = hi;
+    }
+};
+
+// Softmax over rows of `cols`, one warp per row: p = exp(v − max) / Σ in f32 with v = x · scale, rounded once
+// (PyTorch's softmax on bf16 accumulates in f32; candle's exponentiates in bf16). When `causal_rows` > 0 the rows are
+// queries of a causal attention: row r is at position causal_offset + r % causal_rows and sees columns 0..=position,
+// the others get 0 (the additive −inf mask). VEC: rows of a multiple of 8 columns, 16-byte aligned, read 8 at a time.
+template <bool VEC>
+__device__ void softmax_row(const bf16 *__restrict__ x, bf16 *__restrict__ out, uint32_t rows, uint32_t cols,
+                            float scale, uint32_t causal_rows, uint32_t causal_offset) {
+    const uint32_t warps = blockDim.x / 32;
+    const size_t row = (size_t)blockIdx.x * warps + threadIdx.x / 32;
+    const uint32_t lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    uint32_t visible = cols;
+    if (causal_rows > 0) {
+        const uint32_t pos = causal_offset + (uint32_t)(row % causal_rows);
+        visible = pos + 1 < cols ? pos + 1 : cols;
+    }
+    const bf16 *xr = x + row * cols;
+    bf16 *yr = out + row * cols;
+    Online acc{-INFINITY, 0.0f};
+    if (VEC) {
+        const uint4 *xv = reinterpret_cast<const uint4 *>(xr);
+        for (uint32_t c = lane; c * 8 < visible; c += 32) {
+            Pack8 p;
+            p.u = xv[c];
+            float v[8], hi = -INFINITY;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                v[e] = c * 8 + e < visible ? f(p.h[e]) * scale : -INFINITY;
+                hi = fmaxf(hi, v[e]);
+            }
+            if (hi == -INFINITY) continue;
+            float s = 0.0f;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) s += expf(v[e] - hi);
+            acc.merge(hi, s);
+        }
+    } else {
+        for (uint32_t c = lane; c < visible; c += 32) acc.merge(f(xr[c]) * scale, 1.0f);
+    }
+    const float m = warp_max(acc.m);
+    const float s = warp_sum(acc.m == -INFINITY ? 0.0f : acc.s * expf(acc.m - m));
+    const float inv = 1.0f / s;
+    if (VEC) {
+        const uint4 *xv = reinterpret_cast<const uint4 *>(xr);
+        uint4 *yv = reinterpret_cast<uint4 *>(yr);
+        for (uint32_t c = lane; c * 8 < cols; c += 32) {
+            Pack8 p, o;
+            p.u = xv[c];
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                o.h[e] = c * 8 + e < visible ? b(expf(f(p.h[e]) * scale - m) * inv) : b(0.0f);
+            }
+            yv[c] = o.u;
+        }
+    } else {
+        for (uint32_t c = lane; c < cols; c += 32) {
+            yr[c] = c < visible ? b(expf(f(xr[c]) * scale - m) * inv) : b(0.0f);
+        }
+    }
+}
+
+extern "C" __global__ void softmax_bf16_vec(const bf16 *x, bf16 *out, uint32_t rows, uint32_t cols, float scale,
+                                            uint32_t causal_rows, uint32_t causal_offset) {
+    softmax_row<true>(x, out, rows, cols, scale, causal_rows, causal_offset);
+}
+
+extern "C" __global__ void softmax_bf16(const bf16 *x, bf16 *out, uint32_t rows, uint32_t cols, float scale,
+                                        uint32_t causal_rows, uint32_t causal_offset) {
+    softmax_row<false>(x, out, rows, cols, scale, causal_rows, causal_offset);
+}

@@ -1,0 +1,303 @@
+//! Launchers of the fused kernels in `fused.cu` (compiled to PTX by build.rs, loaded once per device). Each takes
+//! candle tensors, checks every precondition its kernel assumes (CUDA, bf16 where it reads bf16, contiguous, 16-byte
+//! aligned rows where it reads 16 bytes at a time) and returns `Ok(None)` when one does not hold, so that the caller
+//! ([`crate::model::fused`]) runs the composite ops instead: a kernel is never launched on operands it cannot read.
+
+use candle_core::cuda_backend::CudaDType;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use candle_core::op::BackpropOp;
+use candle_core::{CudaDevice, CudaStorage, DType, Device, Layout, Shape, Storage, Tensor};
+use half::bf16;
+
+use super::cuda_error;
+use crate::model::ModelError;
+
+const MODULE: &str = "optimem-fused";
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
+
+/// Threads per block of the element-wise kernels (grid-stride loops).
+const BLOCK: u32 = 256;
+/// Blocks at most of one element-wise launch: enough to fill an H200 (132 SMs × 8 blocks of 256) several times over.
+const MAX_GRID: u32 = 132 * 32;
+
+fn func(cuda: &CudaDevice, name: &str) -> Result<CudaFunction, ModelError> {
+    Ok(cuda
+        .get_or_load_custom_func(name, MODULE, PTX)?
+        .into_cuda_function())
+}
+
+/// The CUDA device of `t` when `t` is a contiguous CUDA tensor of `dtype`.
+fn cuda_of(t: &Tensor, dtype: DType) -> Option<CudaDevice> {
+    match t.device() {
+        Device::Cuda(c) if t.dtype() == dtype && t.is_contiguous() => Some(c.clone()),
+        _ => None,
+    }
+}
+
+/// Whether every one of `ts` starts on a 16-byte boundary (candle's allocations do; a view may not).
+fn aligned16(ts: &[&Tensor]) -> bool {
+    ts.iter()
+        .all(|t| (t.layout().start_offset() * t.dtype().size_in_bytes()) % 16 == 0)
+}
+
+/// The elements of a contiguous tensor's storage that are its own.
+fn view<'a, T: CudaDType>(s: &'a Storage, l: &Layout) -> Result<CudaView<'a, T>, ModelError> {
+    let Storage::Cuda(s) = s else {
+        return Err(ModelError::Input {
+            reason: "fused kernel: CUDA tensors only".into(),
+        });
+    };
+    let (a, b) = l.contiguous_offsets().ok_or_else(|| ModelError::Input {
+        reason: "fused kernel: contiguous tensors only".into(),
+    })?;
+    Ok(s.as_cuda_slice::<T>()?.slice(a..b))
+}
+
+/// A new uninitialised buffer of `n` elements; every caller's kernel writes all of them before they are read.
+#[allow(unsafe_code)]
+fn alloc<T: DeviceRepr>(cuda: &CudaDevice, n: usize) -> Result<CudaSlice<T>, ModelError> {
+    // SAFETY: see above; the buffer is only handed out after the launch that fills it.
+    unsafe { cuda.cuda_stream().alloc::<T>(n) }.map_err(cuda_error)
+}
+
+fn wrap<T: CudaDType>(out: CudaSlice<T>, cuda: &CudaDevice, shape: impl Into<Shape>) -> Tensor {
+    let storage = CudaStorage::wrap_cuda_slice(out, cuda.clone());
+    Tensor::from_storage(
+        Storage::Cuda(storage),
+        shape,
+        BackpropOp::none(),
+        false,
+    )
+}
+
+/// Grid of a grid-stride launch over `n` items.
+fn grid_for(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(BLOCK as usize).clamp(1, MAX_GRID as usize) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn u32_of(n: usize, what: &str) -> Result<u32, ModelError> {
+    u32::try_from(n).map_err(|_| ModelError::Input {
+        reason: format!("fused kernel: {what} {n} does not fit in 32 bits"),
+    })
+}
+
+/// `silu(gate) · up` for `gate_up` `[.., 2·width]` bf16 (`[gate | up]`), as `[.., width]`.
+#[allow(unsafe_code)]
+pub fn swiglu(gate_up: &Tensor, width: usize) -> Result<Option<Tensor>, ModelError> {
+    let Some(cuda) = cuda_of(gate_up, DType::BF16) else {
+        return Ok(None);
+    };
+    let last = gate_up.dim(candle_core::D::Minus1)?;
+    if last != 2 * width || width % 8 != 0 || !aligned16(&[gate_up]) {
+        return Ok(None);
+    }
+    let rows = gate_up.elem_count() / last;
+    let mut dims = gate_up.dims().to_vec();
+    *dims.last_mut().unwrap_or(&mut 0) = width;
+    let out = alloc::<bf16>(&cuda, rows * width)?;
+    {
+        let (s, l) = gate_up.storage_and_layout();
+        let src = view::<bf16>(&s, l)?;
+        let f = func(&cuda, "swiglu_bf16")?;
+        let stream = cuda.cuda_stream();
+        let mut b = stream.launch_builder(&f);
+        let (r, w) = (u32_of(rows, "rows")?, u32_of(width, "width")?);
+        b.arg(&src).arg(&out).arg(&r).arg(&w);
+        // SAFETY: `src` holds rows·2·width bf16 and `out` rows·width, 16-byte aligned, as the kernel reads them.
+        unsafe { b.launch(grid_for(rows * width / 8)) }.map_err(cuda_error)?;
+    }
+    Ok(Some(wrap(out, &cuda, dims)))
+}
+
+/// DeepseekV2RMSNorm of `x` `[.., cols]` bf16 with `weight` `[cols]` bf16.
+#[allow(unsafe_code)]
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Option<Tensor>, ModelError> {
+    let (Some(cuda), Some(_)) = (cuda_of(x, DType::BF16), cuda_of(weight, DType::BF16)) else {
+        return Ok(None);
+    };
+    let cols = x.dim(candle_core::D::Minus1)?;
+    if weight.dims() != [cols] || cols == 0 {
+        return Ok(None);
+    }
+    let rows = x.elem_count() / cols;
+    let out = alloc::<bf16>(&cuda, rows * cols)?;
+    {
+        let (xs, xl) = x.storage_and_layout();
+        let (ws, wl) = weight.storage_and_layout();
+        let (xv, wv) = (view::<bf16>(&xs, xl)?, view::<bf16>(&ws, wl)?);
+        let f = func(&cuda, "rms_norm_bf16")?;
+        let stream = cuda.cuda_stream();
+        let mut b = stream.launch_builder(&f);
+        let c = u32_of(cols, "cols")?;
+        b.arg(&xv).arg(&wv).arg(&out).arg(&c).arg(&eps);
+        let cfg = LaunchConfig {
+            grid_dim: (u32_of(rows, "rows")?, 1, 1),
+            block_dim: (BLOCK.min(cols.next_multiple_of(32) as u32), 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: one block per row of `cols` in `xv` and `out`; `wv` holds `cols`.
+        unsafe { b.launch(cfg) }.map_err(cuda_error)?;
+    }
+    Ok(Some(wrap(out, &cuda, x.dims())))
+}
+
+/// Rows `idx` (u32) of `src` `[rows, ..]` (bf16 or f32, rows of whole 16-byte words).
+pub fn gather_rows(src: &Tensor, idx: &Tensor) -> Result<Option<Tensor>, ModelError> {
+    match src.dtype() {
+        DType::BF16 => gather_typed::<bf16>(src, idx),
+        DType::F32 => gather_typed::<f32>(src, idx),
+        _ => Ok(None),
+    }
+}
+
+#[allow(unsafe_code)]
+fn gather_typed<T: CudaDType + DeviceRepr>(
+    src: &Tensor,
+    idx: &Tensor,
+) -> Result<Option<Tensor>, ModelError> {
+    let (Some(cuda), Some(_)) = (cuda_of(src, src.dtype()), cuda_of(idx, DType::U32)) else {
+        return Ok(None);
+    };
+    if src.rank() == 0 || idx.rank() != 1 || src.dim(0)? == 0 {
+        return Ok(None);
+    }
+    let src_rows = src.dim(0)?;
+    let row = src.elem_count() / src_rows;
+    if (row * src.dtype().size_in_bytes()) % 16 != 0 || !aligned16(&[src]) {
+        return Ok(None);
+    }
+    let n = idx.dim(0)?;
+    let vecs = row * src.dtype().size_in_bytes() / 16;
+    let mut dims = src.dims().to_vec();
+    dims[0] = n;
+    let out = alloc::<T>(&cuda, n * row)?;
+    {
+        let (ss, sl) = src.storage_and_layout();
+        let (is, il) = idx.storage_and_layout();
+        let (sv, iv) = (view::<T>(&ss, sl)?, view::<u32>(&is, il)?);
+        let f = func(&cuda, "gather_rows_16b")?;
+        let stream = cuda.cuda_stream();
+        let mut b = stream.launch_builder(&f);
+        let (nn, v, sr) = (
+            u32_of(n, "rows")?,
+            u32_of(vecs, "row words")?,
+            u32_of(src_rows, "source rows")?,
+        );
+        b.arg(&sv).arg(&iv).arg(&out).arg(&nn).arg(&v).arg(&sr);
+        // SAFETY: `sv` holds `src_rows·vecs` 16-byte words, 16-byte aligned; `iv` n indices; `out` n·vecs words. The
+        // kernel copies words, whatever the dtype; an index past `src_rows` writes zeros.
+        unsafe { b.launch(grid_for(n * vecs)) }.map_err(cuda_error)?;
+    }
+    Ok(Some(wrap(out, &cuda, dims)))
+}
+
+/// The MoE combination: `out[t] = bf16(Σ_j w[t, j] · y[rows_of[t·k + j]]) (+ shared[t])`, for `y` `[rows, h]` bf16,
+/// `rows_of` `[n·k]` u32, `w` `[n, k]` f32 and `shared` `[n, h]` bf16; `[n, h]` bf16.
+#[allow(unsafe_code)]
+pub fn moe_combine(
+    y: &Tensor,
+    rows_of: &Tensor,
+    w: &Tensor,
+    shared: Option<&Tensor>,
+) -> Result<Option<Tensor>, ModelError> {
+    let (Some(cuda), Some(_), Some(_)) = (
+        cuda_of(y, DType::BF16),
+        cuda_of(rows_of, DType::U32),
+        cuda_of(w, DType::F32),
+    ) else {
+        return Ok(None);
+    };
+    let (_, h) = y.dims2()?;
+    let (n, k) = w.dims2()?;
+    if rows_of.dims() != [n * k] || h % 8 != 0 || !aligned16(&[y]) {
+        return Ok(None);
+    }
+    if let Some(s) = shared {
+        if cuda_of(s, DType::BF16).is_none() || s.dims() != [n, h] || !aligned16(&[s]) {
+            return Ok(None);
+        }
+    }
+    let out = alloc::<bf16>(&cuda, n * h)?;
+    {
+        let (ys, yl) = y.storage_and_layout();
+        let (rs, rl) = rows_of.storage_and_layout();
+        let (ws, wl) = w.storage_and_layout();
+        let (yv, rv, wv) = (
+            view::<bf16>(&ys, yl)?,
+            view::<u32>(&rs, rl)?,
+            view::<f32>(&ws, wl)?,
+        );
+        let shared_guard = shared.map(|s| s.storage_and_layout());
+        let sv = match &shared_guard {
+            Some((ss, sl)) => Some(view::<bf16>(ss, sl)?),
+            None => None,
+        };
+        let f = func(&cuda, "moe_combine_bf16")?;
+        let stream = cuda.cuda_stream();
+        let mut b = stream.launch_builder(&f);
+        let null = 0u64;
+        let (nn, kk, hh) = (u32_of(n, "tokens")?, u32_of(k, "top-k")?, u32_of(h, "hidden")?);
+        b.arg(&yv).arg(&rv).arg(&wv);
+        match &sv {
+            Some(v) => b.arg(v),
+            None => b.arg(&null),
+        };
+        b.arg(&out).arg(&nn).arg(&kk).arg(&hh);
+        // SAFETY: `rv` holds n·k row numbers, each a row of `yv` (made by the padded dispatch from its own slot
+        // table); `wv` n·k weights; `sv` (or null) and `out` n·h bf16, 16-byte aligned.
+        unsafe { b.launch(grid_for(n * h / 8)) }.map_err(cuda_error)?;
+    }
+    Ok(Some(wrap(out, &cuda, (n, h))))
+}
+
+/// Softmax over the last dimension of `x` (bf16) of `x · scale`, in f32. `causal` `(rows, offset)`: the rows are
+/// query rows of attention scores, row r at position `offset + r % rows`, and keys past it get probability 0.
+#[allow(unsafe_code)]
+pub fn softmax(
+    x: &Tensor,
+    scale: f32,
+    causal: Option<(usize, usize)>,
+) -> Result<Option<Tensor>, ModelError> {
+    let Some(cuda) = cuda_of(x, DType::BF16) else {
+        return Ok(None);
+    };
+    let cols = x.dim(candle_core::D::Minus1)?;
+    if cols == 0 {
+        return Ok(None);
+    }
+    let rows = x.elem_count() / cols;
+    let vec = cols % 8 == 0 && aligned16(&[x]);
+    let (c_rows, c_off) = causal.unwrap_or((0, 0));
+    let out = alloc::<bf16>(&cuda, rows * cols)?;
+    {
+        let (xs, xl) = x.storage_and_layout();
+        let xv = view::<bf16>(&xs, xl)?;
+        let f = func(&cuda, if vec { "softmax_bf16_vec" } else { "softmax_bf16" })?;
+        let stream = cuda.cuda_stream();
+        let mut b = stream.launch_builder(&f);
+        let (r, c, cr, co) = (
+            u32_of(rows, "rows")?,
+            u32_of(cols, "cols")?,
+            u32_of(c_rows, "query rows")?,
+            u32_of(c_off, "query offset")?,
+        );
+        b.arg(&xv).arg(&out).arg(&r).arg(&c).arg(&scale).arg(&cr).arg(&co);
+        const ROWS_PER_BLOCK: u32 = 4;
+        let cfg = LaunchConfig {
+            grid_dim: (r.div_ceil(ROWS_PER_BLOCK), 1, 1),
+            block_dim: (32 * ROWS_PER_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: one warp per row of `cols` in `xv` and `out`, rows past `rows` return at once; the vector kernel
+        // only with rows of whole, aligned 16-byte words.
+        unsafe { b.launch(cfg) }.map_err(cuda_error)?;
+    }
+    Ok(Some(wrap(out, &cuda, x.dims())))
+}

@@ -1,0 +1,158 @@
+//! Ops that run as one fused kernel on a CUDA GPU in bf16 (`cuda::fused`, cargo feature `cuda`) and as composite
+//! candle ops everywhere else. Both give the PyTorch reference's numbers: the fused kernels compute in f32 and round
+//! to bf16 where the reference's separate ops each round.
+//!
+//! Why fused: Nsight Compute on a 1,000-token prefill at the official size (H200, session 14) put most of the GPU
+//! time in candle's element-wise kernels around the GEMMs, not in the GEMMs: strided bf16 multiplies and SiLU of the
+//! SwiGLUs (29 %), row gathers at one element per thread (9 %), casts and the RMSNorm's four passes, the attention's
+//! scale, mask and softmax as three passes over the scores. And candle's bf16 softmax (one warp a row, three passes,
+//! the exponentials rounded to bf16 before they are summed) took 31 % of a Base page's encoder time in four global
+//! attention blocks.
+//!
+//! [`set_enabled`] turns the fused kernels off for the whole process, so that `bench kernels` and `bench decoder
+//! --no-fused` can time both paths in one run.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::model::ModelError;
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the fused kernels on or off for every later op of this process (on by default).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether ops on `device` in `dtype` take the fused kernels: a CUDA build, a CUDA device, bf16, not turned off.
+pub fn active(device: &Device, dtype: DType) -> bool {
+    cfg!(feature = "cuda")
+        && device.is_cuda()
+        && dtype == DType::BF16
+        && ENABLED.load(Ordering::Relaxed)
+}
+
+/// Calls the fused kernel `$k` (a `cuda::fused` function returning `Option<Tensor>`) when `$t` qualifies.
+macro_rules! try_fused {
+    ($t:expr, $k:ident($($arg:expr),*)) => {{
+        #[cfg(feature = "cuda")]
+        {
+            if active($t.device(), $t.dtype()) {
+                crate::model::cuda::fused::$k($($arg),*)?
+            } else {
+                None
+            }
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = ($($arg,)*);
+            None::<Tensor>
+        }
+    }};
+}
+
+/// `silu(gate) · up` for `gate_up` = `[gate | up]` along the last dimension, each `width` wide.
+pub fn swiglu(gate_up: &Tensor, width: usize) -> Result<Tensor, ModelError> {
+    if let Some(y) = try_fused!(gate_up, swiglu(gate_up, width)) {
+        return Ok(y);
+    }
+    let last = gate_up.rank() - 1;
+    let gate = gate_up.narrow(last, 0, width)?;
+    let up = gate_up.narrow(last, width, width)?;
+    Ok((candle_nn::ops::silu(&gate)? * up)?)
+}
+
+/// `DeepseekV2RMSNorm`: `weight · (x_f32 · rsqrt(mean(x_f32²) + eps)).to(x.dtype)`; `unit` is ones in f32 of the
+/// weight's size (candle's fused f32 kernel wants a scale; the real weight is applied after the cast).
+pub fn rms_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    unit: &Tensor,
+    eps: f32,
+) -> Result<Tensor, ModelError> {
+    if let Some(y) = try_fused!(x, rms_norm(x, weight, eps)) {
+        return Ok(y);
+    }
+    let normed = candle_nn::ops::rms_norm(&x.to_dtype(DType::F32)?, unit, eps)?;
+    Ok(normed.to_dtype(x.dtype())?.broadcast_mul(weight)?)
+}
+
+/// Rows `idx` (u32) of `src` (`index_select` along dimension 0).
+pub fn gather_rows(src: &Tensor, idx: &Tensor) -> Result<Tensor, ModelError> {
+    if let Some(y) = try_fused!(src, gather_rows(src, idx)) {
+        return Ok(y);
+    }
+    Ok(src.index_select(idx, 0)?)
+}
+
+/// A MoE layer's output from its experts' rows: token `t`'s routed output is `Σ_j w[t, j] · y[rows_of[t·k + j]]`
+/// in f32 (`w` `[n, k]` f32, `y` `[rows, h]`), cast to `y`'s dtype, plus `shared[t]` (the shared experts' output,
+/// `[n, h]`) when given. `[n, h]` in `y`'s dtype.
+pub fn moe_combine(
+    y: &Tensor,
+    rows_of: &Tensor,
+    w: &Tensor,
+    shared: Option<&Tensor>,
+) -> Result<Tensor, ModelError> {
+    if let Some(out) = try_fused!(y, moe_combine(y, rows_of, w, shared)) {
+        return Ok(out);
+    }
+    let (n, k) = w.dims2()?;
+    let h = y.dim(1)?;
+    // Each token's k rows weighted and summed in f32 as one batched product `(n, 1, k) · (n, k, h)`: a GEMM where a
+    // broadcast multiply and a reduction take two element-wise passes over `n·k·h`.
+    let picked = gather_rows(y, rows_of)?
+        .to_dtype(DType::F32)?
+        .reshape((n, k, h))?;
+    let routed = w.unsqueeze(1)?.matmul(&picked)?.squeeze(1)?;
+    add_shared(&routed.to_dtype(y.dtype())?, shared)
+}
+
+/// `routed + shared` (both in the activations' dtype), or `routed` alone.
+pub fn add_shared(routed: &Tensor, shared: Option<&Tensor>) -> Result<Tensor, ModelError> {
+    Ok(match shared {
+        Some(s) => (routed + s)?,
+        None => routed.clone(),
+    })
+}
+
+/// `softmax(x · scale)` over the last dimension, accumulated in f32, in `x`'s dtype.
+pub fn softmax(x: &Tensor, scale: f64) -> Result<Tensor, ModelError> {
+    if let Some(y) = try_fused!(x, softmax(x, scale as f32, None::<(usize, usize)>)) {
+        return Ok(y);
+    }
+    let scaled = if scale == 1.0 { x.clone() } else { (x * scale)? };
+    Ok(candle_nn::ops::softmax_last_dim(&scaled)?)
+}
+
+/// Causal attention probabilities from `scores` `[.., rows, keys]`: `softmax(scores · scale + mask)` with query row
+/// `r` at position `offset + r` seeing keys `0..=offset + r`. `mask` is the additive mask for the composite path
+/// (`[rows, keys]` or the scores' shape, 0 or −inf); `None` where no key is hidden. The result is in `scores`' dtype;
+/// the composite path normalises in `masked` (f32 on the CPU, whose softmax computes in its input's dtype).
+pub fn causal_softmax(
+    scores: &Tensor,
+    scale: f64,
+    offset: usize,
+    mask: Option<&Tensor>,
+    masked: DType,
+) -> Result<Tensor, ModelError> {
+    let rows = scores.dim(candle_core::D::Minus2)?;
+    if let Some(y) = try_fused!(scores, softmax(scores, scale as f32, Some((rows, offset)))) {
+        return Ok(y);
+    }
+    let keys = scores.dim(candle_core::D::Minus1)?;
+    if mask.is_none() && offset + 1 < keys {
+        return Err(ModelError::Input {
+            reason: format!(
+                "causal_softmax: {rows} query rows at offset {offset} over {keys} keys need a mask"
+            ),
+        });
+    }
+    let s = (scores * scale)?.to_dtype(masked)?;
+    let s = match mask {
+        Some(m) => s.broadcast_add(m)?,
+        None => s,
+    };
+    Ok(candle_nn::ops::softmax_last_dim(&s)?.to_dtype(scores.dtype())?)
+}
