@@ -37,10 +37,22 @@ fn compile_kernels(out: &std::path::Path) -> Result<(), Box<dyn std::error::Erro
     let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".into());
     let ptx = out.join("fused.ptx");
     let status = Command::new(&nvcc)
-        .args(["--ptx", "-O3", "-std=c++17", &format!("-arch=sm_{cap}"), src, "-o"])
+        .args([
+            "--ptx",
+            "-O3",
+            "-std=c++17",
+            &format!("-arch=sm_{cap}"),
+            src,
+            "-o",
+        ])
         .arg(&ptx)
         .status()
-        .map_err(|e| format!("running {}: {e} (the cuda feature needs the CUDA toolkit's nvcc)", nvcc.display()))?;
+        .map_err(|e| {
+            format!(
+                "running {}: {e} (the cuda feature needs the CUDA toolkit's nvcc)",
+                nvcc.display()
+            )
+        })?;
     if !status.success() {
         return Err(format!("{} failed on {src}: {status}", nvcc.display()).into());
     }

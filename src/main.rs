@@ -382,8 +382,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("kernel bench")?;
             let md = report.markdown();
             print_report(&md, &serde_json::to_value(&report)?, json);
-            let failed: Vec<_> = report.rows.iter().filter(|r| !r.ok()).map(|r| r.op.clone()).collect();
-            anyhow::ensure!(failed.is_empty(), "fused kernels differ from the composite ops: {failed:?}");
+            let failed: Vec<_> = report
+                .rows
+                .iter()
+                .filter(|r| !r.ok())
+                .map(|r| r.op.clone())
+                .collect();
+            anyhow::ensure!(
+                failed.is_empty(),
+                "fused kernels differ from the composite ops: {failed:?}"
+            );
             Ok(())
         }
         Command::Bench(BenchCommand::Render {

@@ -191,6 +191,31 @@ pub fn run(
         &|| fused::gather_rows(&stacked, &picks),
     )?);
 
+    // A MoE layer's experts on their sorted rows (uneven counts, as routing gives): one grouped GEMM per projection
+    // against one GEMM per expert.
+    let mut segments = Vec::new();
+    let mut start = 0;
+    for e in 0..experts {
+        let len = (tokens * k / experts) * (1 + e % 3) * 2 / 4 + e % 5;
+        if len > 0 {
+            segments.push((e, start, len));
+            start += len;
+        }
+    }
+    let xs = randn(&[start, hidden])?;
+    rows.push(compare(
+        "grouped_matmul_t (gate_up)",
+        &format!(
+            "{start} rows in {} experts, {:?}",
+            segments.len(),
+            stacked.dims()
+        ),
+        2.0 * BF16_STEP,
+        dev,
+        repeat,
+        &|| fused::grouped_matmul_t(&xs, &stacked, &segments),
+    )?);
+
     // The MoE combination: k rows of the experts' output per token, weighted, plus the shared experts.
     let y = randn(&[tokens * k + 512, hidden])?;
     let rows_of: Vec<u32> = (0..tokens * k)

@@ -25,6 +25,7 @@ use half::bf16;
 use crate::model::ModelError;
 
 pub mod fused;
+pub mod grouped;
 
 /// Applies both settings to `device` (a no-op on another device). Call it before creating tensors on the device:
 /// buffers created earlier keep their event tracking.

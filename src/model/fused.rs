@@ -78,6 +78,46 @@ pub fn rms_norm(
     Ok(normed.to_dtype(x.dtype())?.broadcast_mul(weight)?)
 }
 
+/// `out[s..s + len] = x[s..s + len] · w[e]ᵀ` for every segment `(e, s, len)` of `x` `[rows, k]` (segments in row
+/// order, covering every row), with `w` `[experts, n, k]`: a MoE layer's experts on their sorted rows. One cuBLAS
+/// grouped GEMM on a GPU; one product per segment elsewhere.
+pub fn grouped_matmul_t(
+    x: &Tensor,
+    w: &Tensor,
+    segments: &[(usize, usize, usize)],
+) -> Result<Tensor, ModelError> {
+    #[cfg(feature = "cuda")]
+    if active(x.device(), x.dtype()) {
+        if let Some(y) = crate::model::cuda::grouped::grouped_matmul_t(x, w, segments)? {
+            return Ok(y);
+        }
+    }
+    let parts = segments
+        .iter()
+        .map(|&(e, s, len)| crate::model::kernels::matmul_t(&x.narrow(0, s, len)?, &w.get(e)?))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Tensor::cat(&parts, 0)?)
+}
+
+/// SAM attention's operands with the rel-pos bias folded into q·kᵀ, made by one kernel straight from the qkv
+/// projection's output `qkv` `[B, gh, gw, 3·heads·hd]` and the grid's tables `rh` `[gh, gh, hd]`, `rw`
+/// `[gw, gw, hd]`: `(q_aug, k_aug, v)` as `sam::attention` builds them from copies, two small GEMMs and two
+/// concatenations. `None` where there is no fused kernel: the caller builds them itself.
+pub fn sam_qkv_aug(
+    qkv: &Tensor,
+    rh: &Tensor,
+    rw: &Tensor,
+    heads: usize,
+    scale: f64,
+) -> Result<Option<(Tensor, Tensor, Tensor)>, ModelError> {
+    #[cfg(feature = "cuda")]
+    if active(qkv.device(), qkv.dtype()) {
+        return crate::model::cuda::fused::sam_qkv_aug(qkv, rh, rw, heads, scale as f32);
+    }
+    let _ = (qkv, rh, rw, heads, scale);
+    Ok(None)
+}
+
 /// Rows `idx` (u32) of `src` (`index_select` along dimension 0).
 pub fn gather_rows(src: &Tensor, idx: &Tensor) -> Result<Tensor, ModelError> {
     if let Some(y) = try_fused!(src, gather_rows(src, idx)) {
@@ -122,7 +162,11 @@ pub fn softmax(x: &Tensor, scale: f64) -> Result<Tensor, ModelError> {
     if let Some(y) = try_fused!(x, softmax(x, scale as f32, None::<(usize, usize)>)) {
         return Ok(y);
     }
-    let scaled = if scale == 1.0 { x.clone() } else { (x * scale)? };
+    let scaled = if scale == 1.0 {
+        x.clone()
+    } else {
+        (x * scale)?
+    };
     Ok(candle_nn::ops::softmax_last_dim(&scaled)?)
 }
 

@@ -216,3 +216,48 @@ extern "C" __global__ void softmax_bf16(const bf16 *x, bf16 *out, uint32_t rows,
                                         uint32_t causal_rows, uint32_t causal_offset) {
     softmax_row<false>(x, out, rows, cols, scale, causal_rows, causal_offset);
 }
+
+// SAM attention's operands with the decomposed rel-pos bias folded into the q·kᵀ product, straight from the qkv
+// projection's output `qkv` [B, N, 3, heads, hd] (N = gh·gw queries of a gh × gw grid), one block per (b, head, i):
+//   q_aug[b·heads + head, i] = [q · scale (rounded) | rel_h (gh) | rel_w (gw) | 0 …]   (d_aug wide)
+//   k_aug[b·heads + head, i] = [k | one-hot of i's row (gh) | one-hot of i's column (gw) | 0 …]
+//   v[b·heads + head, i]     = v
+// with rel_h[ky] = Σ_c q[c] · rh[y, ky, c] and rel_w[kx] = Σ_c q[c] · rw[x, kx, c] (the unscaled q; f32 sums
+// rounded once, as the reference's bf16 einsum), y = i / gw, x = i % gw. q_aug · k_augᵀ is then
+// q·kᵀ·scale + rel_h[i, row(j)] + rel_w[i, col(j)] for every key j.
+extern "C" __global__ void sam_qkv_aug_bf16(const bf16 *__restrict__ qkv, const bf16 *__restrict__ rh,
+                                            const bf16 *__restrict__ rw, bf16 *__restrict__ q_aug,
+                                            bf16 *__restrict__ k_aug, bf16 *__restrict__ v_out, uint32_t n,
+                                            uint32_t heads, uint32_t hd, uint32_t gh, uint32_t gw,
+                                            uint32_t d_aug, float scale) {
+    extern __shared__ float q_s[];  // hd floats
+    const uint32_t i = blockIdx.x;
+    const uint32_t head = blockIdx.y;
+    const uint32_t bi = blockIdx.z;
+    const size_t c = (size_t)heads * hd;
+    const size_t src = ((size_t)bi * n + i) * 3 * c + (size_t)head * hd;
+    const size_t row = ((size_t)bi * heads + head) * n + i;
+    const uint32_t y = i / gw, x = i % gw;
+    for (uint32_t d = threadIdx.x; d < hd; d += blockDim.x) {
+        const bf16 q = qkv[src + d];
+        q_s[d] = f(q);
+        q_aug[row * d_aug + d] = b(f(q) * scale);
+        k_aug[row * d_aug + d] = qkv[src + c + d];
+        v_out[row * hd + d] = qkv[src + 2 * c + d];
+    }
+    __syncthreads();
+    for (uint32_t t = threadIdx.x; t < d_aug - hd; t += blockDim.x) {
+        float qv = 0.0f, kv = 0.0f;
+        if (t < gh) {
+            const bf16 *r = rh + ((size_t)y * gh + t) * hd;
+            for (uint32_t d = 0; d < hd; ++d) qv += q_s[d] * f(r[d]);
+            kv = t == y ? 1.0f : 0.0f;
+        } else if (t < gh + gw) {
+            const bf16 *r = rw + ((size_t)x * gw + (t - gh)) * hd;
+            for (uint32_t d = 0; d < hd; ++d) qv += q_s[d] * f(r[d]);
+            kv = t - gh == x ? 1.0f : 0.0f;
+        }
+        q_aug[row * d_aug + hd + t] = b(qv);
+        k_aug[row * d_aug + hd + t] = b(kv);
+    }
+}

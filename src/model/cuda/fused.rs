@@ -43,7 +43,10 @@ fn aligned16(ts: &[&Tensor]) -> bool {
 }
 
 /// The elements of a contiguous tensor's storage that are its own.
-fn view<'a, T: CudaDType>(s: &'a Storage, l: &Layout) -> Result<CudaView<'a, T>, ModelError> {
+pub(super) fn view<'a, T: CudaDType>(
+    s: &'a Storage,
+    l: &Layout,
+) -> Result<CudaView<'a, T>, ModelError> {
     let Storage::Cuda(s) = s else {
         return Err(ModelError::Input {
             reason: "fused kernel: CUDA tensors only".into(),
@@ -57,19 +60,21 @@ fn view<'a, T: CudaDType>(s: &'a Storage, l: &Layout) -> Result<CudaView<'a, T>,
 
 /// A new uninitialised buffer of `n` elements; every caller's kernel writes all of them before they are read.
 #[allow(unsafe_code)]
-fn alloc<T: DeviceRepr>(cuda: &CudaDevice, n: usize) -> Result<CudaSlice<T>, ModelError> {
+pub(super) fn alloc<T: DeviceRepr>(
+    cuda: &CudaDevice,
+    n: usize,
+) -> Result<CudaSlice<T>, ModelError> {
     // SAFETY: see above; the buffer is only handed out after the launch that fills it.
     unsafe { cuda.cuda_stream().alloc::<T>(n) }.map_err(cuda_error)
 }
 
-fn wrap<T: CudaDType>(out: CudaSlice<T>, cuda: &CudaDevice, shape: impl Into<Shape>) -> Tensor {
+pub(super) fn wrap<T: CudaDType>(
+    out: CudaSlice<T>,
+    cuda: &CudaDevice,
+    shape: impl Into<Shape>,
+) -> Tensor {
     let storage = CudaStorage::wrap_cuda_slice(out, cuda.clone());
-    Tensor::from_storage(
-        Storage::Cuda(storage),
-        shape,
-        BackpropOp::none(),
-        false,
-    )
+    Tensor::from_storage(Storage::Cuda(storage), shape, BackpropOp::none(), false)
 }
 
 /// Grid of a grid-stride launch over `n` items.
@@ -243,7 +248,11 @@ pub fn moe_combine(
         let stream = cuda.cuda_stream();
         let mut b = stream.launch_builder(&f);
         let null = 0u64;
-        let (nn, kk, hh) = (u32_of(n, "tokens")?, u32_of(k, "top-k")?, u32_of(h, "hidden")?);
+        let (nn, kk, hh) = (
+            u32_of(n, "tokens")?,
+            u32_of(k, "top-k")?,
+            u32_of(h, "hidden")?,
+        );
         b.arg(&yv).arg(&rv).arg(&wv);
         match &sv {
             Some(v) => b.arg(v),
@@ -279,7 +288,14 @@ pub fn softmax(
     {
         let (xs, xl) = x.storage_and_layout();
         let xv = view::<bf16>(&xs, xl)?;
-        let f = func(&cuda, if vec { "softmax_bf16_vec" } else { "softmax_bf16" })?;
+        let f = func(
+            &cuda,
+            if vec {
+                "softmax_bf16_vec"
+            } else {
+                "softmax_bf16"
+            },
+        )?;
         let stream = cuda.cuda_stream();
         let mut b = stream.launch_builder(&f);
         let (r, c, cr, co) = (
@@ -288,7 +304,13 @@ pub fn softmax(
             u32_of(c_rows, "query rows")?,
             u32_of(c_off, "query offset")?,
         );
-        b.arg(&xv).arg(&out).arg(&r).arg(&c).arg(&scale).arg(&cr).arg(&co);
+        b.arg(&xv)
+            .arg(&out)
+            .arg(&r)
+            .arg(&c)
+            .arg(&scale)
+            .arg(&cr)
+            .arg(&co);
         const ROWS_PER_BLOCK: u32 = 4;
         let cfg = LaunchConfig {
             grid_dim: (r.div_ceil(ROWS_PER_BLOCK), 1, 1),
@@ -300,4 +322,79 @@ pub fn softmax(
         unsafe { b.launch(cfg) }.map_err(cuda_error)?;
     }
     Ok(Some(wrap(out, &cuda, x.dims())))
+}
+
+/// SAM attention's folded operands from the qkv projection's output `qkv` `[B, gh, gw, 3·heads·hd]` bf16 and the
+/// grid's rel-pos tables `rh` `[gh, gh, hd]`, `rw` `[gw, gw, hd]`: `(q_aug, k_aug, v)`, the first two
+/// `[B·heads, N, d_aug]` with `d_aug` = hd + gh + gw rounded up to a multiple of 8, v `[B·heads, N, hd]` (see the
+/// kernel `sam_qkv_aug_bf16`).
+#[allow(unsafe_code)]
+pub fn sam_qkv_aug(
+    qkv: &Tensor,
+    rh: &Tensor,
+    rw: &Tensor,
+    heads: usize,
+    scale: f32,
+) -> Result<Option<(Tensor, Tensor, Tensor)>, ModelError> {
+    let (Some(cuda), Some(_), Some(_)) = (
+        cuda_of(qkv, DType::BF16),
+        cuda_of(rh, DType::BF16),
+        cuda_of(rw, DType::BF16),
+    ) else {
+        return Ok(None);
+    };
+    let (b, gh, gw, c3) = qkv.dims4()?;
+    let hd = c3 / 3 / heads.max(1);
+    if heads == 0 || c3 != 3 * heads * hd || rh.dims() != [gh, gh, hd] || rw.dims() != [gw, gw, hd]
+    {
+        return Ok(None);
+    }
+    let n = gh * gw;
+    let d_aug = (hd + gh + gw).next_multiple_of(8);
+    let bh = b * heads;
+    let q_aug = alloc::<bf16>(&cuda, bh * n * d_aug)?;
+    let k_aug = alloc::<bf16>(&cuda, bh * n * d_aug)?;
+    let v = alloc::<bf16>(&cuda, bh * n * hd)?;
+    {
+        let (qs, ql) = qkv.storage_and_layout();
+        let (hs, hl) = rh.storage_and_layout();
+        let (ws, wl) = rw.storage_and_layout();
+        let (qv, hv, wv) = (
+            view::<bf16>(&qs, ql)?,
+            view::<bf16>(&hs, hl)?,
+            view::<bf16>(&ws, wl)?,
+        );
+        let f = func(&cuda, "sam_qkv_aug_bf16")?;
+        let stream = cuda.cuda_stream();
+        let mut l = stream.launch_builder(&f);
+        let (nn, hh, dd, gy, gx, da) = (
+            u32_of(n, "queries")?,
+            u32_of(heads, "heads")?,
+            u32_of(hd, "head dim")?,
+            u32_of(gh, "grid rows")?,
+            u32_of(gw, "grid columns")?,
+            u32_of(d_aug, "augmented dim")?,
+        );
+        l.arg(&qv).arg(&hv).arg(&wv).arg(&q_aug).arg(&k_aug).arg(&v);
+        l.arg(&nn)
+            .arg(&hh)
+            .arg(&dd)
+            .arg(&gy)
+            .arg(&gx)
+            .arg(&da)
+            .arg(&scale);
+        let cfg = LaunchConfig {
+            grid_dim: (nn, hh, u32_of(b, "batch")?),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: dd * 4,
+        };
+        // SAFETY: block (i, head, b) reads qkv row (b, i) and rows y, x of the tables, and writes row
+        // (b·heads + head, i) of each output, all within the sizes allocated or checked above.
+        unsafe { l.launch(cfg) }.map_err(cuda_error)?;
+    }
+    Ok(Some((
+        wrap(q_aug, &cuda, (bh, n, d_aug)),
+        wrap(k_aug, &cuda, (bh, n, d_aug)),
+        wrap(v, &cuda, (bh, n, hd)),
+    )))
 }

@@ -11,11 +11,11 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::model::{ModelError, fused};
 use crate::model::decoder::TextConfig;
 use crate::model::decoder::kv_cache::KvCache;
 use crate::model::decoder::layers::{Linear, fused_linear, linear, split_last};
 use crate::model::decoder::rope::RotaryEmbedding;
+use crate::model::{ModelError, fused};
 
 /// Query rows attended at once during prefill by default (bounds the f32 score matrix: 512 rows ×
 /// 8,192 keys × 10 heads × 4 B = 168 MB at the official size and full context).

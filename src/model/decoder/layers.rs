@@ -3,9 +3,9 @@
 use candle_core::{DType, Shape, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::model::{ModelError, fused};
 pub(crate) use crate::model::config::Linear;
 use crate::model::kernels::compact_bf16;
+use crate::model::{ModelError, fused};
 
 /// Loads `name` under `vb` with the expected shape; a missing or misshaped tensor is an error that
 /// names the full checkpoint path.

@@ -275,6 +275,8 @@ impl Moe {
             // the grouped path's zero-copy views win at every token count.
             Dispatch::Auto if x.device().is_cpu() => Dispatch::Grouped,
             Dispatch::Auto if b * t <= GATHER_MAX_TOKENS => Dispatch::Gather,
+            // One grouped GEMM per projection needs the fused kernels' CUDA build (`fused::grouped_matmul_t`).
+            Dispatch::Auto if fused::active(x.device(), x.dtype()) => Dispatch::Grouped,
             Dispatch::Auto => Dispatch::Padded,
             d => d,
         };
@@ -284,12 +286,17 @@ impl Moe {
         };
         let y = match dispatch {
             Dispatch::Padded => self.dispatch_padded(&flat, &idx, &w, None, shared.as_ref())?,
+            Dispatch::Grouped if fused::active(x.device(), x.dtype()) => {
+                self.dispatch_grouped_gemm(&flat, &idx, &w, shared.as_ref())?
+            }
             Dispatch::Gather => fused::add_shared(
                 &self.dispatch_gather(&flat, &idx, &w)?.to_dtype(x.dtype())?,
                 shared.as_ref(),
             )?,
             _ => fused::add_shared(
-                &self.dispatch_grouped(&flat, &idx, &w)?.to_dtype(x.dtype())?,
+                &self
+                    .dispatch_grouped(&flat, &idx, &w)?
+                    .to_dtype(x.dtype())?,
                 shared.as_ref(),
             )?,
         };
@@ -345,6 +352,46 @@ impl Moe {
         let w_sorted = w.flatten_all()?.index_select(&order, 0)?;
         let weighted = out.broadcast_mul(&w_sorted.unsqueeze(1)?)?;
         Ok(Tensor::zeros((n, h), DType::F32, dev)?.index_add(&tokens, &weighted, 0)?)
+    }
+
+    /// Grouped path on a GPU: the token-slots sorted by expert as in [`Self::dispatch_grouped`], then each
+    /// projection of every expert as one grouped GEMM over the sorted rows ([`fused::grouped_matmul_t`]: no padding,
+    /// no expert alone), and the outputs combined by a gather as in [`Self::dispatch_padded`]. Returns the layer's
+    /// output `(N, H)` in `x`'s dtype, plus `shared` when given.
+    fn dispatch_grouped_gemm(
+        &self,
+        x: &Tensor,
+        idx: &Tensor,
+        w: &Tensor,
+        shared: Option<&Tensor>,
+    ) -> Result<Tensor, ModelError> {
+        let _span = tracing::trace_span!("moe-grouped-gemm").entered();
+        let (n, _) = x.dims2()?;
+        let k = self.top_k;
+        let ex = &self.experts;
+        let sort_span = tracing::trace_span!("moe-sort").entered();
+        let sort = SlotOrder::new(idx, ex.num_experts())?;
+        let segments: Vec<(usize, usize, usize)> = (0..ex.num_experts())
+            .filter(|&e| sort.counts[e] > 0)
+            .map(|e| (e, sort.starts[e], sort.counts[e]))
+            .collect();
+        let mut rows_of = vec![0u32; n * k];
+        for (r, &s) in sort.order.iter().enumerate() {
+            rows_of[s as usize] = r as u32;
+        }
+        let tokens: Vec<u32> = sort.order.iter().map(|&s| s / k as u32).collect();
+        let dev = x.device();
+        let tokens = Tensor::from_vec(tokens, n * k, dev)?;
+        let rows_of = Tensor::from_vec(rows_of, n * k, dev)?;
+        drop(sort_span);
+        let experts_span = tracing::trace_span!("moe-experts").entered();
+        let x_sorted = fused::gather_rows(x, &tokens)?;
+        let gate_up = fused::grouped_matmul_t(&x_sorted, &ex.gate_up, &segments)?;
+        let act = swiglu(&gate_up, ex.inter)?;
+        let out = fused::grouped_matmul_t(&act, &ex.down_proj, &segments)?;
+        drop(experts_span);
+        let _combine = tracing::trace_span!("moe-combine").entered();
+        fused::moe_combine(&out, &rows_of, w, shared)
     }
 
     /// Padded path, `cap` rows per expert in the batch (default [`padded_cap`]); returns the layer's output `(N, H)`
@@ -576,21 +623,33 @@ mod tests {
             .into_iter()
             .max()
             .unwrap_or(0);
+        let shared = moe
+            .shared_experts
+            .as_ref()
+            .map(|s| s.forward(&x))
+            .transpose()?;
         // 0: every expert alone; 1..max: some padded, the busiest alone; max and beyond: one batch, all padded.
-        for cap in [0, 1, 3, max - 1, max, max + 2] {
-            let shared = moe
-                .shared_experts
-                .as_ref()
-                .map(|s| s.forward(&x))
-                .transpose()?;
-            let got = moe.dispatch_padded(&x, &idx, &w, Some(cap), shared.as_ref())?;
+        // `None`: the grouped-GEMM path (its composite ops here; one grouped GEMM per projection on a GPU).
+        for cap in [
+            Some(0),
+            Some(1),
+            Some(3),
+            Some(max - 1),
+            Some(max),
+            Some(max + 2),
+            None,
+        ] {
+            let got = match cap {
+                Some(cap) => moe.dispatch_padded(&x, &idx, &w, Some(cap), shared.as_ref())?,
+                None => moe.dispatch_grouped_gemm(&x, &idx, &w, shared.as_ref())?,
+            };
             for (g, w) in got
                 .to_vec2::<f32>()?
                 .iter()
                 .flatten()
                 .zip(want.iter().flatten())
             {
-                assert!((g - w).abs() < 1e-5, "cap {cap}: {g} vs {w}");
+                assert!((g - w).abs() < 1e-5, "cap {cap:?}: {g} vs {w}");
             }
         }
         Ok(())

@@ -83,16 +83,7 @@ impl Attention {
         let (n, heads) = (h * w, self.num_heads);
         let hd = c / heads;
         let bh = b * heads;
-        // qkv.reshape(B, H*W, 3, heads, hd).permute(2, 0, 3, 1, 4).reshape(3, B*heads, H*W, hd)
-        let qkv = self
-            .qkv
-            .forward(x)?
-            .reshape((b, n, 3, heads, hd))?
-            .permute((2, 0, 3, 1, 4))?;
-        let q = qkv.get(0)?.contiguous()?.reshape((bh, n, hd))?;
-        let k = qkv.get(1)?.contiguous()?.reshape((bh, n, hd))?;
-        let v = qkv.get(2)?.contiguous()?.reshape((bh, n, hd))?;
-
+        let qkv_out = self.qkv.forward(x)?;
         let (rh, rw, key_ind) = self.rel_cache.get_or_try((h, w), || {
             Ok((
                 Self::rel_table(&self.rel_pos_h, h)?,
@@ -100,6 +91,48 @@ impl Attention {
                 Self::key_indicators(h, w, &self.rel_pos_h)?,
             ))
         })?;
+        let limit = if x.device().is_cpu() {
+            ATTN_CHUNK_ELEMS
+        } else {
+            GPU_ATTN_CHUNK_ELEMS
+        };
+        let rows = (limit / (bh * n)).clamp(1, n);
+        let scale = 1.0 / (hd as f64).sqrt();
+        let o = if let Some((q_aug, k_aug, v)) =
+            fused::sam_qkv_aug(&qkv_out, &rh, &rw, heads, scale)?
+        {
+            let _span = tracing::trace_span!("attn-sdpa").entered();
+            attend_folded(&q_aug, &k_aug.t()?, &v, rows)?
+        } else {
+            self.sdpa_unfused(&qkv_out, &rh, &rw, &key_ind, rows)?
+        };
+        let o = o
+            .reshape((b, heads, h, w, hd))?
+            .permute((0, 2, 3, 1, 4))?
+            .reshape((b, h, w, c))?;
+        self.proj.forward(&o)
+    }
+
+    /// The attention from the qkv projection's output `[B, H, W, 3·C]` with candle ops: `[B·heads, H·W, hd]`.
+    fn sdpa_unfused(
+        &self,
+        qkv: &Tensor,
+        rh: &Tensor,
+        rw: &Tensor,
+        key_ind: &Tensor,
+        rows: usize,
+    ) -> Result<Tensor> {
+        let (b, h, w, c3) = qkv.dims4()?;
+        let (n, heads) = (h * w, self.num_heads);
+        let hd = c3 / 3 / heads;
+        let bh = b * heads;
+        // qkv.reshape(B, H*W, 3, heads, hd).permute(2, 0, 3, 1, 4).reshape(3, B*heads, H*W, hd)
+        let qkv = qkv
+            .reshape((b, n, 3, heads, hd))?
+            .permute((2, 0, 3, 1, 4))?;
+        let q = qkv.get(0)?.contiguous()?.reshape((bh, n, hd))?;
+        let k = qkv.get(1)?.contiguous()?.reshape((bh, n, hd))?;
+        let v = qkv.get(2)?.contiguous()?.reshape((bh, n, hd))?;
         let (rel_h, rel_w) = {
             let _span = tracing::trace_span!("attn-rel-pos").entered();
             let rq = q.reshape((bh, h, w, hd))?;
@@ -126,21 +159,8 @@ impl Attention {
             (rel_h, rel_w)
         };
 
-        let limit = if x.device().is_cpu() {
-            ATTN_CHUNK_ELEMS
-        } else {
-            GPU_ATTN_CHUNK_ELEMS
-        };
-        let rows = (limit / (bh * n)).clamp(1, n);
-        let o = {
-            let _span = tracing::trace_span!("attn-sdpa").entered();
-            sdpa_rel_pos(&q, &k, &v, &rel_h, &rel_w, &key_ind, rows)?
-        };
-        let o = o
-            .reshape((b, heads, h, w, hd))?
-            .permute((0, 2, 3, 1, 4))?
-            .reshape((b, h, w, c))?;
-        self.proj.forward(&o)
+        let _span = tracing::trace_span!("attn-sdpa").entered();
+        sdpa_rel_pos(&q, &k, &v, &rel_h, &rel_w, key_ind, rows)
     }
 }
 
@@ -225,6 +245,13 @@ fn sdpa_rel_pos_folded(
     // Materialised: the concatenation's layout is backend-specific (on CUDA its batch stride is not plain),
     // and cuBLAS takes only plain or simply transposed operands.
     let kt = Tensor::cat(&k_parts, 2)?.t()?.contiguous()?;
+    attend_folded(&q_aug, &kt, v, rows)
+}
+
+/// `softmax(q_aug · kt) · v`, `rows` query rows at a time: `q_aug` `[BH, N, D]`, `kt` `[BH, D, N]` (the rel-pos bias
+/// and scale already folded in), `v` `[BH, N, d]`.
+fn attend_folded(q_aug: &Tensor, kt: &Tensor, v: &Tensor, rows: usize) -> Result<Tensor> {
+    let n = q_aug.dim(1)?;
     let mut outs = Vec::with_capacity(n.div_ceil(rows));
     for start in (0..n).step_by(rows.max(1)) {
         let len = rows.min(n - start);
