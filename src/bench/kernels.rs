@@ -266,6 +266,39 @@ pub fn run(
             &|| fused::softmax(&s, 1.0),
         )?);
     }
+    // SAM attention, a Base page's global block (64 × 64 grid) and its windowed blocks (25 windows of 14 × 14): the
+    // folded operands made by one kernel from the qkv output, against copies, two small GEMMs and concatenations.
+    let sam = crate::model::config::SamConfig::default();
+    let (c, hd) = (sam.embed_dim, sam.head_dim());
+    for (name, grid, batch) in [
+        ("SAM attention (global)", 64usize, 1usize),
+        ("SAM attention (windows)", 14, 25),
+    ] {
+        let mut ts = std::collections::HashMap::new();
+        ts.insert("qkv.weight".to_string(), (randn(&[3 * c, c])? * 0.03)?);
+        ts.insert("qkv.bias".to_string(), (randn(&[3 * c])? * 0.1)?);
+        ts.insert("proj.weight".to_string(), (randn(&[c, c])? * 0.03)?);
+        ts.insert("proj.bias".to_string(), (randn(&[c])? * 0.1)?);
+        ts.insert(
+            "rel_pos_h".to_string(),
+            (randn(&[2 * grid - 1, hd])? * 0.1)?,
+        );
+        ts.insert(
+            "rel_pos_w".to_string(),
+            (randn(&[2 * grid - 1, hd])? * 0.1)?,
+        );
+        let vb = candle_nn::VarBuilder::from_tensors(ts, dtype, dev);
+        let attn = crate::model::sam::attention::Attention::new(&sam, grid, vb)?;
+        let x = randn(&[batch, grid, grid, c])?;
+        rows.push(compare(
+            name,
+            &format!("{:?}", x.dims()),
+            4.0 * BF16_STEP,
+            dev,
+            repeat,
+            &|| attn.forward(&x),
+        )?);
+    }
     Ok(KernelReport {
         device: format!("{dev:?} {dtype:?}"),
         fused_active: fused::active(dev, dtype),

@@ -19,7 +19,7 @@ use super::error::Result;
 use super::interp::{ResizeCache, resize_nhwc_bicubic_aa};
 use super::kernels;
 
-mod attention;
+pub(crate) mod attention;
 use attention::Attention;
 
 /// LayerNorm eps of every SAM norm (`partial(nn.LayerNorm, eps=1e-6)`, LayerNorm2d).

@@ -345,7 +345,12 @@ pub fn sam_qkv_aug(
     };
     let (b, gh, gw, c3) = qkv.dims4()?;
     let hd = c3 / 3 / heads.max(1);
-    if heads == 0 || c3 != 3 * heads * hd || rh.dims() != [gh, gh, hd] || rw.dims() != [gw, gw, hd]
+    if heads == 0
+        || hd % 8 != 0
+        || c3 != 3 * heads * hd
+        || rh.dims() != [gh, gh, hd]
+        || rw.dims() != [gw, gw, hd]
+        || !aligned16(&[rh, rw])
     {
         return Ok(None);
     }

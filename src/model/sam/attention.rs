@@ -21,7 +21,7 @@ const ATTN_CHUNK_ELEMS: usize = 32 << 20;
 const GPU_ATTN_CHUNK_ELEMS: usize = 256 << 20;
 
 /// `blocks.N.attn`: multi-head attention with decomposed relative position.
-pub(super) struct Attention {
+pub(crate) struct Attention {
     qkv: Linear,
     proj: Linear,
     num_heads: usize,
@@ -33,7 +33,7 @@ pub(super) struct Attention {
 }
 
 impl Attention {
-    pub(super) fn new(cfg: &SamConfig, input_size: usize, vb: VarBuilder) -> Result<Self> {
+    pub(crate) fn new(cfg: &SamConfig, input_size: usize, vb: VarBuilder) -> Result<Self> {
         let dim = cfg.embed_dim;
         let table = (2 * input_size - 1, cfg.head_dim());
         Ok(Self {
@@ -77,7 +77,7 @@ impl Attention {
     }
 
     /// `[B, H, W, C]` → `[B, H, W, C]`.
-    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _span = tracing::trace_span!("attn").entered();
         let (b, h, w, c) = x.dims4()?;
         let (n, heads) = (h * w, self.num_heads);
