@@ -155,6 +155,17 @@ pub fn run(
         &|| fused::swiglu(&gu, inter),
     )?);
 
+    // The GELU of SAM's MLP over a Base page's 64 × 64 grid.
+    let g = (randn(&[4096, 3072])? * 2.0)?;
+    rows.push(compare(
+        "gelu_erf",
+        &format!("{:?}", g.dims()),
+        2.0 * BF16_STEP,
+        dev,
+        repeat,
+        &|| fused::gelu_erf(&g),
+    )?);
+
     let x = randn(&[tokens, hidden])?;
     let w = (randn(&[hidden])? * 0.1)?;
     let unit = Tensor::ones(hidden, DType::F32, dev)?;

@@ -63,6 +63,14 @@ pub fn swiglu(gate_up: &Tensor, width: usize) -> Result<Tensor, ModelError> {
     Ok((candle_nn::ops::silu(&gate)? * up)?)
 }
 
+/// Exact (erf) GELU.
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor, ModelError> {
+    if let Some(y) = try_fused!(x, gelu_erf(x)) {
+        return Ok(y);
+    }
+    crate::model::kernels::gelu_erf(x)
+}
+
 /// `DeepseekV2RMSNorm`: `weight · (x_f32 · rsqrt(mean(x_f32²) + eps)).to(x.dtype)`; `unit` is ones in f32 of the
 /// weight's size (candle's fused f32 kernel wants a scale; the real weight is applied after the cast).
 pub fn rms_norm(

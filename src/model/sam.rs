@@ -16,8 +16,8 @@ use candle_nn::VarBuilder;
 
 use super::config::{LayerNorm, Linear, SamConfig, layer_norm, linear, tensor};
 use super::error::Result;
+use super::fused;
 use super::interp::{ResizeCache, resize_nhwc_bicubic_aa};
-use super::kernels;
 
 pub(crate) mod attention;
 use attention::Attention;
@@ -72,8 +72,7 @@ struct Mlp {
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _span = tracing::trace_span!("sam-mlp").entered();
-        self.lin2
-            .forward(&kernels::gelu_erf(&self.lin1.forward(x)?)?)
+        self.lin2.forward(&fused::gelu_erf(&self.lin1.forward(x)?)?)
     }
 }
 

@@ -54,6 +54,21 @@ extern "C" __global__ void swiglu_bf16(const uint4 *__restrict__ gu, uint4 *__re
     }
 }
 
+// Exact (erf) GELU: x · ½ · (1 + erf(x / √2)) in f32, rounded once (F.gelu; candle's bf16 kernel rounds the CDF to
+// bf16 before the product). n % 8 == 0, 16-byte aligned.
+extern "C" __global__ void gelu_erf_bf16(const uint4 *__restrict__ x, uint4 *__restrict__ out, uint32_t vecs) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < vecs; i += (size_t)gridDim.x * blockDim.x) {
+        Pack8 p, o;
+        p.u = x[i];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            const float v = f(p.h[e]);
+            o.h[e] = b(0.5f * v * (1.0f + erff(v * 0.70710678118654752f)));
+        }
+        out[i] = o.u;
+    }
+}
+
 // DeepseekV2RMSNorm, one block per row of `cols`: n = (x · rsqrt(mean(x²) + eps)) in f32, rounded (`.to(bf16)`),
 // then weight · n, rounded. blockDim.x is a multiple of 32, at most 1024.
 extern "C" __global__ void rms_norm_bf16(const bf16 *__restrict__ x, const bf16 *__restrict__ w,
@@ -183,7 +198,15 @@ __device__ void softmax_row(const bf16 *__restrict__ x, bf16 *__restrict__ out, 
             acc.merge(hi, s);
         }
     } else {
-        for (uint32_t c = lane; c < visible; c += 32) acc.merge(f(xr[c]) * scale, 1.0f);
+        // Two passes (the row is short or odd-sized: CLIP's 257 keys): the maximum, then the sum.
+        float hi = -INFINITY;
+        for (uint32_t c = lane; c < visible; c += 32) hi = fmaxf(hi, f(xr[c]) * scale);
+        hi = warp_max(hi);
+        float s = 0.0f;
+        if (hi != -INFINITY) {
+            for (uint32_t c = lane; c < visible; c += 32) s += expf(f(xr[c]) * scale - hi);
+        }
+        acc = Online{hi, s};
     }
     const float m = warp_max(acc.m);
     const float s = warp_sum(acc.m == -INFINITY ? 0.0f : acc.s * expf(acc.m - m));
@@ -222,15 +245,14 @@ extern "C" __global__ void softmax_bf16(const bf16 *x, bf16 *out, uint32_t rows,
 //   q_aug[b·heads + head, i] = [q · scale (rounded) | rel_h (gh) | rel_w (gw) | 0 …]   (d_aug wide)
 //   k_aug[b·heads + head, i] = [k | one-hot of i's row (gh) | one-hot of i's column (gw) | 0 …]
 //   v[b·heads + head, i]     = v
-// with rel_h[ky] = Σ_c q[c] · rh[y, ky, c] and rel_w[kx] = Σ_c q[c] · rw[x, kx, c] (the unscaled q; f32 sums
-// rounded once, as the reference's bf16 einsum), y = i / gw, x = i % gw. q_aug · k_augᵀ is then
-// q·kᵀ·scale + rel_h[i, row(j)] + rel_w[i, col(j)] for every key j.
-extern "C" __global__ void sam_qkv_aug_bf16(const bf16 *__restrict__ qkv, const bf16 *__restrict__ rh,
-                                            const bf16 *__restrict__ rw, bf16 *__restrict__ q_aug,
+// with y = i / gw, x = i % gw. This kernel writes everything but the rel_h and rel_w columns of q_aug, which
+// two batched GEMMs fill (`sam_qkv_aug` in fused.rs): rel_h[ky] = Σ_c q[c] · rh[y, ky, c], rel_w[kx] =
+// Σ_c q[c] · rw[x, kx, c] from the unscaled q. q_aug · k_augᵀ is then q·kᵀ·scale + rel_h[i, row(j)] +
+// rel_w[i, col(j)] for every key j.
+extern "C" __global__ void sam_qkv_aug_bf16(const bf16 *__restrict__ qkv, bf16 *__restrict__ q_aug,
                                             bf16 *__restrict__ k_aug, bf16 *__restrict__ v_out, uint32_t n,
                                             uint32_t heads, uint32_t hd, uint32_t gh, uint32_t gw,
                                             uint32_t d_aug, float scale) {
-    extern __shared__ float q_s[];  // hd floats
     const uint32_t i = blockIdx.x;
     const uint32_t head = blockIdx.y;
     const uint32_t bi = blockIdx.z;
@@ -238,39 +260,22 @@ extern "C" __global__ void sam_qkv_aug_bf16(const bf16 *__restrict__ qkv, const 
     const size_t src = ((size_t)bi * n + i) * 3 * c + (size_t)head * hd;
     const size_t row = ((size_t)bi * heads + head) * n + i;
     const uint32_t y = i / gw, x = i % gw;
-    for (uint32_t d = threadIdx.x; d < hd; d += blockDim.x) {
-        const bf16 q = qkv[src + d];
-        q_s[d] = f(q);
-        q_aug[row * d_aug + d] = b(f(q) * scale);
-        k_aug[row * d_aug + d] = qkv[src + c + d];
-        v_out[row * hd + d] = qkv[src + 2 * c + d];
-    }
-    __syncthreads();
-    // One table row per thread, read 16 bytes at a time (hd % 8 == 0, tables 16-byte aligned): eight independent
-    // loads in flight instead of a chain of 2-byte ones.
-    for (uint32_t t = threadIdx.x; t < d_aug - hd; t += blockDim.x) {
-        float qv = 0.0f, kv = 0.0f;
-        const bf16 *r = nullptr;
-        if (t < gh) {
-            r = rh + ((size_t)y * gh + t) * hd;
-            kv = t == y ? 1.0f : 0.0f;
-        } else if (t < gh + gw) {
-            r = rw + ((size_t)x * gw + (t - gh)) * hd;
-            kv = t - gh == x ? 1.0f : 0.0f;
-        }
-        if (r != nullptr) {
-            const uint4 *r8 = reinterpret_cast<const uint4 *>(r);
-            float part[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll 8
-            for (uint32_t d8 = 0; d8 < hd / 8; ++d8) {
-                Pack8 p;
-                p.u = r8[d8];
-#pragma unroll
-                for (int e = 0; e < 8; ++e) part[e] += q_s[d8 * 8 + e] * f(p.h[e]);
+    for (uint32_t d = threadIdx.x; d < d_aug; d += blockDim.x) {
+        if (d < hd) {
+            q_aug[row * d_aug + d] = b(f(qkv[src + d]) * scale);
+            k_aug[row * d_aug + d] = qkv[src + c + d];
+            v_out[row * hd + d] = qkv[src + 2 * c + d];
+        } else {
+            const uint32_t t = d - hd;
+            float kv = 0.0f;
+            if (t < gh) {
+                kv = t == y ? 1.0f : 0.0f;
+            } else if (t < gh + gw) {
+                kv = t - gh == x ? 1.0f : 0.0f;
+            } else {
+                q_aug[row * d_aug + d] = b(0.0f);
             }
-            qv = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+            k_aug[row * d_aug + d] = b(kv);
         }
-        q_aug[row * d_aug + hd + t] = b(qv);
-        k_aug[row * d_aug + hd + t] = b(kv);
     }
 }

@@ -5,7 +5,7 @@
 
 use candle_core::cuda_backend::CudaDType;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaSlice, CudaView, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::op::BackpropOp;
 use candle_core::{CudaDevice, CudaStorage, DType, Device, Layout, Shape, Storage, Tensor};
@@ -119,6 +119,31 @@ pub fn swiglu(gate_up: &Tensor, width: usize) -> Result<Option<Tensor>, ModelErr
         unsafe { b.launch(grid_for(rows * width / 8)) }.map_err(cuda_error)?;
     }
     Ok(Some(wrap(out, &cuda, dims)))
+}
+
+/// Exact GELU of `x` (bf16, a whole number of 16-byte words).
+#[allow(unsafe_code)]
+pub fn gelu_erf(x: &Tensor) -> Result<Option<Tensor>, ModelError> {
+    let Some(cuda) = cuda_of(x, DType::BF16) else {
+        return Ok(None);
+    };
+    let n = x.elem_count();
+    if n % 8 != 0 || !aligned16(&[x]) {
+        return Ok(None);
+    }
+    let out = alloc::<bf16>(&cuda, n)?;
+    {
+        let (xs, xl) = x.storage_and_layout();
+        let xv = view::<bf16>(&xs, xl)?;
+        let f = func(&cuda, "gelu_erf_bf16")?;
+        let stream = cuda.cuda_stream();
+        let mut b = stream.launch_builder(&f);
+        let v = u32_of(n / 8, "words")?;
+        b.arg(&xv).arg(&out).arg(&v);
+        // SAFETY: `xv` and `out` hold n / 8 aligned 16-byte words.
+        unsafe { b.launch(grid_for(n / 8)) }.map_err(cuda_error)?;
+    }
+    Ok(Some(wrap(out, &cuda, x.dims())))
 }
 
 /// DeepseekV2RMSNorm of `x` `[.., cols]` bf16 with `weight` `[cols]` bf16.
@@ -326,8 +351,10 @@ pub fn softmax(
 
 /// SAM attention's folded operands from the qkv projection's output `qkv` `[B, gh, gw, 3·heads·hd]` bf16 and the
 /// grid's rel-pos tables `rh` `[gh, gh, hd]`, `rw` `[gw, gw, hd]`: `(q_aug, k_aug, v)`, the first two
-/// `[B·heads, N, d_aug]` with `d_aug` = hd + gh + gw rounded up to a multiple of 8, v `[B·heads, N, hd]` (see the
-/// kernel `sam_qkv_aug_bf16`).
+/// `[B·heads, N, d_aug]` with `d_aug` = hd + gh + gw rounded up to a multiple of 8, v `[B·heads, N, hd]`. One kernel
+/// (`sam_qkv_aug_bf16`) writes the copies, the scaled q, the keys' one-hot columns and the padding; two batched
+/// GEMMs write the rel-pos columns of q_aug in place: for every (b, head, y) `rel_h = Q_y · rh[y]ᵀ` (Q_y: the grid
+/// row's gw queries, read in place from `qkv`), for every (b, head, x) `rel_w = Q_x · rw[x]ᵀ` (the column's gh).
 #[allow(unsafe_code)]
 pub fn sam_qkv_aug(
     qkv: &Tensor,
@@ -345,12 +372,7 @@ pub fn sam_qkv_aug(
     };
     let (b, gh, gw, c3) = qkv.dims4()?;
     let hd = c3 / 3 / heads.max(1);
-    if heads == 0
-        || hd % 8 != 0
-        || c3 != 3 * heads * hd
-        || rh.dims() != [gh, gh, hd]
-        || rw.dims() != [gw, gw, hd]
-        || !aligned16(&[rh, rw])
+    if heads == 0 || c3 != 3 * heads * hd || rh.dims() != [gh, gh, hd] || rw.dims() != [gw, gw, hd]
     {
         return Ok(None);
     }
@@ -362,13 +384,7 @@ pub fn sam_qkv_aug(
     let v = alloc::<bf16>(&cuda, bh * n * hd)?;
     {
         let (qs, ql) = qkv.storage_and_layout();
-        let (hs, hl) = rh.storage_and_layout();
-        let (ws, wl) = rw.storage_and_layout();
-        let (qv, hv, wv) = (
-            view::<bf16>(&qs, ql)?,
-            view::<bf16>(&hs, hl)?,
-            view::<bf16>(&ws, wl)?,
-        );
+        let qv = view::<bf16>(&qs, ql)?;
         let f = func(&cuda, "sam_qkv_aug_bf16")?;
         let stream = cuda.cuda_stream();
         let mut l = stream.launch_builder(&f);
@@ -380,7 +396,7 @@ pub fn sam_qkv_aug(
             u32_of(gw, "grid columns")?,
             u32_of(d_aug, "augmented dim")?,
         );
-        l.arg(&qv).arg(&hv).arg(&wv).arg(&q_aug).arg(&k_aug).arg(&v);
+        l.arg(&qv).arg(&q_aug).arg(&k_aug).arg(&v);
         l.arg(&nn)
             .arg(&hh)
             .arg(&dd)
@@ -390,16 +406,122 @@ pub fn sam_qkv_aug(
             .arg(&scale);
         let cfg = LaunchConfig {
             grid_dim: (nn, hh, u32_of(b, "batch")?),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: dd * 4,
+            block_dim: (64, 1, 1),
+            shared_mem_bytes: 0,
         };
-        // SAFETY: block (i, head, b) reads qkv row (b, i) and rows y, x of the tables, and writes row
-        // (b·heads + head, i) of each output, all within the sizes allocated or checked above.
+        // SAFETY: block (i, head, b) reads qkv row (b, i) and writes row (b·heads + head, i) of each output, all within
+        // the sizes allocated or checked above.
         unsafe { l.launch(cfg) }.map_err(cuda_error)?;
     }
+    // The rel-pos columns, by two batched GEMMs reading q in place and writing into q_aug (row-major C = A·Bᵀ is
+    // column-major Cᵀ = B·Aᵀ: cuBLAS's A is the table, read transposed, its B the queries).
+    let c = heads * hd;
+    let (es, el) = (2usize, 3 * c);
+    let (qs, ql) = qkv.storage_and_layout();
+    let (hs, hl) = rh.storage_and_layout();
+    let (ws, wl) = rw.storage_and_layout();
+    let (qv, hv, wv) = (
+        view::<bf16>(&qs, ql)?,
+        view::<bf16>(&hs, hl)?,
+        view::<bf16>(&ws, wl)?,
+    );
+    let stream = cuda.cuda_stream();
+    let (qp, _s1) = qv.device_ptr(&stream);
+    let (hp, _s2) = hv.device_ptr(&stream);
+    let (wp, _s3) = wv.device_ptr(&stream);
+    let (op, _s4) = q_aug.device_ptr(&stream);
+    let at = |elems: usize| (elems * es) as u64;
+    // rel_h: per (b, head, y), C [gw × gh] at q_aug row (bh, y·gw), column hd, row stride d_aug;
+    // queries [gw × hd] at qkv (b, y·gw) + head·hd, row stride 3c; table rh[y] [gh × hd].
+    let mut h_ptrs = Vec::new();
+    let mut w_ptrs = Vec::new();
+    for bi in 0..b {
+        for head in 0..heads {
+            let bhi = bi * heads + head;
+            for y in 0..gh {
+                h_ptrs.push((
+                    hp + at(y * gh * hd),
+                    qp + at((bi * n + y * gw) * el + head * hd),
+                    op + at((bhi * n + y * gw) * d_aug + hd),
+                ));
+            }
+            for x in 0..gw {
+                w_ptrs.push((
+                    wp + at(x * gw * hd),
+                    qp + at((bi * n + x) * el + head * hd),
+                    op + at((bhi * n + x) * d_aug + hd + gh),
+                ));
+            }
+        }
+    }
+    batched_gemm_t(&cuda, &h_ptrs, (gh, gw, hd), (hd, el, d_aug))?;
+    batched_gemm_t(&cuda, &w_ptrs, (gw, gh, hd), (hd, gw * el, gw * d_aug))?;
+    drop((_s1, _s2, _s3, _s4));
     Ok(Some((
         wrap(q_aug, &cuda, (bh, n, d_aug)),
         wrap(k_aug, &cuda, (bh, n, d_aug)),
         wrap(v, &cuda, (bh, n, hd)),
     )))
+}
+
+/// Column-major `C_i [m × n] = A_iᵀ · B_i` for every `(A_i, B_i, C_i)` device address triple (bf16, f32
+/// accumulation), `A_i` `[k × m]` with leading dimension `lda`, `B_i` `[k × n]` with `ldb`, `C_i` with `ldc`:
+/// `cublasGemmBatchedEx` on candle's handle and stream.
+#[allow(unsafe_code)]
+fn batched_gemm_t(
+    cuda: &CudaDevice,
+    ptrs: &[(u64, u64, u64)],
+    (m, n, k): (usize, usize, usize),
+    (lda, ldb, ldc): (usize, usize, usize),
+) -> Result<(), ModelError> {
+    use candle_core::cuda_backend::cudarc::cublas::sys as blas;
+    let count = ptrs.len();
+    let int = |v: usize| {
+        i32::try_from(v).map_err(|_| ModelError::Input {
+            reason: format!("batched GEMM: {v} does not fit in 32 bits"),
+        })
+    };
+    let mut flat = Vec::with_capacity(3 * count);
+    flat.extend(ptrs.iter().map(|p| p.0));
+    flat.extend(ptrs.iter().map(|p| p.1));
+    flat.extend(ptrs.iter().map(|p| p.2));
+    let stream = cuda.cuda_stream();
+    let dev = stream.clone_htod(&flat).map_err(cuda_error)?;
+    let (pp, _sync) = dev.device_ptr(&stream);
+    let (alpha, beta) = (1f32, 0f32);
+    let bf = blas::cudaDataType_t::CUDA_R_16BF;
+    let handle = cuda.cublas_handle();
+    // SAFETY: the device array holds `count` A, then B, then C addresses, each the start of a matrix of the given
+    // dimensions and leading dimension inside a live buffer (the caller built them from its tensors' extents), and
+    // the Cs do not overlap; candle's handle runs on candle's stream, as everything else here.
+    let status = unsafe {
+        blas::cublasGemmBatchedEx(
+            *handle.handle(),
+            blas::cublasOperation_t::CUBLAS_OP_T,
+            blas::cublasOperation_t::CUBLAS_OP_N,
+            int(m)?,
+            int(n)?,
+            int(k)?,
+            (&alpha as *const f32).cast(),
+            pp as *const *const std::ffi::c_void,
+            bf,
+            int(lda)?,
+            (pp + 8 * count as u64) as *const *const std::ffi::c_void,
+            bf,
+            int(ldb)?,
+            (&beta as *const f32).cast(),
+            (pp + 16 * count as u64) as *const *mut std::ffi::c_void,
+            bf,
+            int(ldc)?,
+            int(count)?,
+            blas::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            blas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    };
+    if status != blas::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+        return Err(ModelError::Candle(candle_core::Error::Msg(format!(
+            "cublasGemmBatchedEx: {status:?}"
+        ))));
+    }
+    Ok(())
 }
