@@ -310,6 +310,25 @@ pub fn run(
             &|| attn.forward(&x),
         )?);
     }
+    // SAM's window partition of a Base page's 64 × 64 grid (zero-padded to 70 × 70, 25 windows of 14 × 14), and back.
+    let grid = randn(&[1, 64, 64, c])?;
+    rows.push(compare(
+        "window_partition",
+        &format!("{:?}", grid.dims()),
+        0.0,
+        dev,
+        repeat,
+        &|| Ok(crate::model::sam::window_partition(&grid, 14)?.0),
+    )?);
+    let windows = crate::model::sam::window_partition(&grid, 14)?.0;
+    rows.push(compare(
+        "window_unpartition",
+        &format!("{:?}", windows.dims()),
+        0.0,
+        dev,
+        repeat,
+        &|| crate::model::sam::window_unpartition(&windows, 14, (70, 70), (64, 64)),
+    )?);
     Ok(KernelReport {
         device: format!("{dev:?} {dtype:?}"),
         fused_active: fused::active(dev, dtype),

@@ -45,10 +45,7 @@ impl ClipAttention {
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
         let probs = fused::softmax(&q.matmul(&k.t()?)?, 1.0 / (hd as f64).sqrt())?;
-        let o = probs
-            .matmul(&v)?
-            .permute((0, 2, 1, 3))?
-            .reshape((b, n, c))?;
+        let o = fused::transpose12(&probs.matmul(&v)?)?.reshape((b, n, c))?;
         self.out_proj.forward(&o)
     }
 }

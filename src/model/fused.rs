@@ -126,6 +126,30 @@ pub fn sam_qkv_aug(
     Ok(None)
 }
 
+/// `x.transpose(1, 2).contiguous()` of a 4-D `x` (heads split from or merged into the rows of attention operands).
+pub fn transpose12(x: &Tensor) -> Result<Tensor, ModelError> {
+    if let Some(y) = try_fused!(x, transpose12(x)) {
+        return Ok(y);
+    }
+    Ok(x.transpose(1, 2)?.contiguous()?)
+}
+
+/// SAM's window partition as one kernel: `x` `[b, h, w, c]` into zero-padded `ws × ws` windows
+/// `[b·nh·nw, ws, ws, c]`. `None` where there is no fused kernel.
+pub fn window_partition(x: &Tensor, ws: usize) -> Result<Option<Tensor>, ModelError> {
+    Ok(try_fused!(x, window_partition(x, ws)))
+}
+
+/// The inverse of [`window_partition`] for a `[b, h, w, c]` grid, cropping the padding. `None` where there is no
+/// fused kernel.
+pub fn window_unpartition(
+    windows: &Tensor,
+    ws: usize,
+    bhw: (usize, usize, usize),
+) -> Result<Option<Tensor>, ModelError> {
+    Ok(try_fused!(windows, window_unpartition(windows, ws, bhw)))
+}
+
 /// Rows `idx` (u32) of `src` (`index_select` along dimension 0).
 pub fn gather_rows(src: &Tensor, idx: &Tensor) -> Result<Tensor, ModelError> {
     if let Some(y) = try_fused!(src, gather_rows(src, idx)) {

@@ -133,9 +133,12 @@ impl Block {
 }
 
 /// Zero-pads `[B, H, W, C]` at the bottom/right to multiples of `ws` and cuts `ws × ws` windows.
-fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, (usize, usize))> {
+pub(crate) fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, (usize, usize))> {
     let (b, h, w, c) = x.dims4()?;
     let (pad_h, pad_w) = ((ws - h % ws) % ws, (ws - w % ws) % ws);
+    if let Some(windows) = fused::window_partition(x, ws)? {
+        return Ok((windows, (h + pad_h, w + pad_w)));
+    }
     let x = x.pad_with_zeros(1, 0, pad_h)?.pad_with_zeros(2, 0, pad_w)?;
     let (hp, wp) = (h + pad_h, w + pad_w);
     let windows = x
@@ -147,7 +150,7 @@ fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, (usize, usize))> {
 }
 
 /// Inverse of [`window_partition`], cropping the padding.
-fn window_unpartition(
+pub(crate) fn window_unpartition(
     windows: &Tensor,
     ws: usize,
     (hp, wp): (usize, usize),
@@ -155,6 +158,9 @@ fn window_unpartition(
 ) -> Result<Tensor> {
     let c = windows.dim(D::Minus1)?;
     let b = windows.dim(0)? / ((hp / ws) * (wp / ws));
+    if let Some(x) = fused::window_unpartition(windows, ws, (b, h, w))? {
+        return Ok(x);
+    }
     let x = windows
         .reshape((b, hp / ws, wp / ws, ws, ws, c))?
         .permute((0, 1, 3, 2, 4, 5))?

@@ -279,3 +279,58 @@ extern "C" __global__ void sam_qkv_aug_bf16(const bf16 *__restrict__ qkv, bf16 *
         }
     }
 }
+
+// Layout copies in 16-byte words (any dtype whose innermost rows are whole words), one word per thread.
+
+// x [A, D1, D2, words] → out [A, D2, D1, words] (`x.transpose(1, 2).contiguous()`).
+extern "C" __global__ void transpose12_16b(const uint4 *__restrict__ x, uint4 *__restrict__ out, uint32_t a,
+                                           uint32_t d1, uint32_t d2, uint32_t words) {
+    const size_t n = (size_t)a * d1 * d2 * words;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        size_t p = i / words;
+        const size_t word = i - p * words;
+        const size_t j1 = p % d1;
+        p /= d1;
+        const size_t j2 = p % d2;
+        const size_t ai = p / d2;
+        out[i] = x[((ai * d1 + j1) * d2 + j2) * words + word];
+    }
+}
+
+// SAM's window partition: x [B, H, W, words] → [B·nh·nw, ws, ws, words], window (b, wy, wx) row (r, s) being x at
+// (wy·ws + r, wx·ws + s), zero past H or W (the bottom/right padding).
+extern "C" __global__ void window_partition_16b(const uint4 *__restrict__ x, uint4 *__restrict__ out, uint32_t b,
+                                                uint32_t h, uint32_t w, uint32_t ws, uint32_t nh, uint32_t nw,
+                                                uint32_t words) {
+    const size_t n = (size_t)b * nh * nw * ws * ws * words;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        size_t p = i / words;
+        const size_t word = i - p * words;
+        const size_t s = p % ws;
+        p /= ws;
+        const size_t r = p % ws;
+        p /= ws;
+        const size_t wx = p % nw;
+        p /= nw;
+        const size_t wy = p % nh;
+        const size_t bi = p / nh;
+        const size_t y = wy * ws + r, xx = wx * ws + s;
+        out[i] = (y < h && xx < w) ? x[((bi * h + y) * w + xx) * words + word] : make_uint4(0, 0, 0, 0);
+    }
+}
+
+// Its inverse, cropping the padding: windows [B·nh·nw, ws, ws, words] → [B, H, W, words].
+extern "C" __global__ void window_unpartition_16b(const uint4 *__restrict__ win, uint4 *__restrict__ out,
+                                                  uint32_t b, uint32_t h, uint32_t w, uint32_t ws, uint32_t nh,
+                                                  uint32_t nw, uint32_t words) {
+    const size_t n = (size_t)b * h * w * words;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        size_t p = i / words;
+        const size_t word = i - p * words;
+        const size_t xx = p % w;
+        p /= w;
+        const size_t y = p % h;
+        const size_t bi = p / h;
+        out[i] = win[((((bi * nh + y / ws) * nw + xx / ws) * ws + y % ws) * ws + xx % ws) * words + word];
+    }
+}

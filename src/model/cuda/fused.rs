@@ -525,3 +525,97 @@ fn batched_gemm_t(
     }
     Ok(())
 }
+
+/// Launches one of the 16-byte-word layout kernels on `x` (contiguous, 16-byte aligned, rows of `row` elements a
+/// whole number of words) into a new tensor of `out_dims` (bf16 or f32, as `x`); `args` after the two buffers.
+#[allow(unsafe_code)]
+fn layout_copy(
+    x: &Tensor,
+    row: usize,
+    kernel: &str,
+    args: &[u32],
+    out_dims: &[usize],
+) -> Result<Option<Tensor>, ModelError> {
+    let dtype = x.dtype();
+    let Some(cuda) = cuda_of(x, dtype) else {
+        return Ok(None);
+    };
+    let bytes = row * dtype.size_in_bytes();
+    if bytes % 16 != 0 || !aligned16(&[x]) || !matches!(dtype, DType::BF16 | DType::F32) {
+        return Ok(None);
+    }
+    let n: usize = out_dims.iter().product();
+    let words = u32_of(bytes / 16, "row words")?;
+    macro_rules! go {
+        ($t:ty) => {{
+            let out = alloc::<$t>(&cuda, n)?;
+            {
+                let (xs, xl) = x.storage_and_layout();
+                let xv = view::<$t>(&xs, xl)?;
+                let f = func(&cuda, kernel)?;
+                let stream = cuda.cuda_stream();
+                let mut b = stream.launch_builder(&f);
+                b.arg(&xv).arg(&out);
+                for a in args {
+                    b.arg(a);
+                }
+                b.arg(&words);
+                // SAFETY: each kernel writes every word of `out` (n elements, the product of `out_dims`) once and
+                // reads `x` only at the positions its shape arguments give, which the callers derive from x's dims.
+                unsafe { b.launch(grid_for(n * dtype.size_in_bytes() / 16)) }.map_err(cuda_error)?;
+            }
+            wrap(out, &cuda, out_dims)
+        }};
+    }
+    Ok(Some(match dtype {
+        DType::BF16 => go!(bf16),
+        _ => go!(f32),
+    }))
+}
+
+/// `x.transpose(1, 2).contiguous()` of a 4-D `x` `[a, d1, d2, e]`.
+pub fn transpose12(x: &Tensor) -> Result<Option<Tensor>, ModelError> {
+    let (a, d1, d2, e) = x.dims4()?;
+    let args = [
+        u32_of(a, "dim 0")?,
+        u32_of(d1, "dim 1")?,
+        u32_of(d2, "dim 2")?,
+    ];
+    layout_copy(x, e, "transpose12_16b", &args, &[a, d2, d1, e])
+}
+
+/// SAM's window partition of `x` `[b, h, w, c]` into `ws × ws` windows, zero-padded at the bottom and right:
+/// `[b·nh·nw, ws, ws, c]`.
+pub fn window_partition(x: &Tensor, ws: usize) -> Result<Option<Tensor>, ModelError> {
+    let (b, h, w, c) = x.dims4()?;
+    let (nh, nw) = (h.div_ceil(ws), w.div_ceil(ws));
+    let args = [b, h, w, ws, nh, nw]
+        .iter()
+        .map(|&v| u32_of(v, "window geometry"))
+        .collect::<Result<Vec<_>, _>>()?;
+    layout_copy(
+        x,
+        c,
+        "window_partition_16b",
+        &args,
+        &[b * nh * nw, ws, ws, c],
+    )
+}
+
+/// The inverse of [`window_partition`] for a `[b, h, w, c]` grid, cropping the padding.
+pub fn window_unpartition(
+    windows: &Tensor,
+    ws: usize,
+    (b, h, w): (usize, usize, usize),
+) -> Result<Option<Tensor>, ModelError> {
+    let c = windows.dim(candle_core::D::Minus1)?;
+    let (nh, nw) = (h.div_ceil(ws), w.div_ceil(ws));
+    if windows.dims() != [b * nh * nw, ws, ws, c] {
+        return Ok(None);
+    }
+    let args = [b, h, w, ws, nh, nw]
+        .iter()
+        .map(|&v| u32_of(v, "window geometry"))
+        .collect::<Result<Vec<_>, _>>()?;
+    layout_copy(windows, c, "window_unpartition_16b", &args, &[b, h, w, c])
+}

@@ -106,10 +106,7 @@ impl Attention {
         } else {
             self.sdpa_unfused(&qkv_out, &rh, &rw, &key_ind, rows)?
         };
-        let o = o
-            .reshape((b, heads, h, w, hd))?
-            .permute((0, 2, 3, 1, 4))?
-            .reshape((b, h, w, c))?;
+        let o = fused::transpose12(&o.reshape((b, heads, n, hd))?)?.reshape((b, h, w, c))?;
         self.proj.forward(&o)
     }
 
