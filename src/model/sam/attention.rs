@@ -253,7 +253,7 @@ fn attend_folded(q_aug: &Tensor, kt: &Tensor, v: &Tensor, rows: usize) -> Result
     for start in (0..n).step_by(rows.max(1)) {
         let len = rows.min(n - start);
         // A contiguous block keeps the GEMM's batch stride plain for every backend (cuBLAS included).
-        let logits = q_aug.narrow(1, start, len)?.contiguous()?.matmul(&kt)?;
+        let logits = q_aug.narrow(1, start, len)?.contiguous()?.matmul(kt)?;
         let probs = fused::softmax(&logits, 1.0)?;
         outs.push(probs.matmul(v)?);
     }
