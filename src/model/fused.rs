@@ -95,10 +95,10 @@ pub fn grouped_matmul_t(
     segments: &[(usize, usize, usize)],
 ) -> Result<Tensor, ModelError> {
     #[cfg(feature = "cuda")]
-    if active(x.device(), x.dtype()) {
-        if let Some(y) = crate::model::cuda::grouped::grouped_matmul_t(x, w, segments)? {
-            return Ok(y);
-        }
+    if active(x.device(), x.dtype())
+        && let Some(y) = crate::model::cuda::grouped::grouped_matmul_t(x, w, segments)?
+    {
+        return Ok(y);
     }
     let parts = segments
         .iter()

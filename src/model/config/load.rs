@@ -136,16 +136,14 @@ impl Linear {
         let _span = tracing::trace_span!("linear").entered();
         // On CUDA in bf16 the bias rides in the GEMM's epilogue (`model::cuda::linear_bias`).
         #[cfg(feature = "cuda")]
-        if let Some(b) = &self.bias {
-            if x.device().is_cuda() && x.dtype() == DType::BF16 && x.elem_count() > 0 {
-                return crate::model::kernels::on_rows(x, |x2| {
-                    crate::model::cuda::linear_bias(
-                        x2,
-                        &self.weight.contiguous()?,
-                        &b.contiguous()?,
-                    )
-                });
-            }
+        if let Some(b) = &self.bias
+            && x.device().is_cuda()
+            && x.dtype() == DType::BF16
+            && x.elem_count() > 0
+        {
+            return crate::model::kernels::on_rows(x, |x2| {
+                crate::model::cuda::linear_bias(x2, &self.weight.contiguous()?, &b.contiguous()?)
+            });
         }
         let y = matmul_t(x, &self.weight)?;
         Ok(match &self.bias {

@@ -39,7 +39,7 @@ fn cuda_of(t: &Tensor, dtype: DType) -> Option<CudaDevice> {
 /// Whether every one of `ts` starts on a 16-byte boundary (candle's allocations do; a view may not).
 fn aligned16(ts: &[&Tensor]) -> bool {
     ts.iter()
-        .all(|t| (t.layout().start_offset() * t.dtype().size_in_bytes()) % 16 == 0)
+        .all(|t| (t.layout().start_offset() * t.dtype().size_in_bytes()).is_multiple_of(16))
 }
 
 /// The elements of a contiguous tensor's storage that are its own.
@@ -100,7 +100,7 @@ pub fn swiglu(gate_up: &Tensor, width: usize) -> Result<Option<Tensor>, ModelErr
         return Ok(None);
     };
     let last = gate_up.dim(candle_core::D::Minus1)?;
-    if last != 2 * width || width % 8 != 0 || !aligned16(&[gate_up]) {
+    if last != 2 * width || !width.is_multiple_of(8) || !aligned16(&[gate_up]) {
         return Ok(None);
     }
     let rows = gate_up.elem_count() / last;
@@ -128,7 +128,7 @@ pub fn gelu_erf(x: &Tensor) -> Result<Option<Tensor>, ModelError> {
         return Ok(None);
     };
     let n = x.elem_count();
-    if n % 8 != 0 || !aligned16(&[x]) {
+    if !n.is_multiple_of(8) || !aligned16(&[x]) {
         return Ok(None);
     }
     let out = alloc::<bf16>(&cuda, n)?;
@@ -200,7 +200,7 @@ fn gather_typed<T: CudaDType + DeviceRepr>(
     }
     let src_rows = src.dim(0)?;
     let row = src.elem_count() / src_rows;
-    if (row * src.dtype().size_in_bytes()) % 16 != 0 || !aligned16(&[src]) {
+    if !(row * src.dtype().size_in_bytes()).is_multiple_of(16) || !aligned16(&[src]) {
         return Ok(None);
     }
     let n = idx.dim(0)?;
@@ -246,13 +246,13 @@ pub fn moe_combine(
     };
     let (_, h) = y.dims2()?;
     let (n, k) = w.dims2()?;
-    if rows_of.dims() != [n * k] || h % 8 != 0 || !aligned16(&[y]) {
+    if rows_of.dims() != [n * k] || !h.is_multiple_of(8) || !aligned16(&[y]) {
         return Ok(None);
     }
-    if let Some(s) = shared {
-        if cuda_of(s, DType::BF16).is_none() || s.dims() != [n, h] || !aligned16(&[s]) {
-            return Ok(None);
-        }
+    if let Some(s) = shared
+        && (cuda_of(s, DType::BF16).is_none() || s.dims() != [n, h] || !aligned16(&[s]))
+    {
+        return Ok(None);
     }
     let out = alloc::<bf16>(&cuda, n * h)?;
     {
@@ -307,7 +307,7 @@ pub fn softmax(
         return Ok(None);
     }
     let rows = x.elem_count() / cols;
-    let vec = cols % 8 == 0 && aligned16(&[x]);
+    let vec = cols.is_multiple_of(8) && aligned16(&[x]);
     let (c_rows, c_off) = causal.unwrap_or((0, 0));
     let out = alloc::<bf16>(&cuda, rows * cols)?;
     {
@@ -541,7 +541,7 @@ fn layout_copy(
         return Ok(None);
     };
     let bytes = row * dtype.size_in_bytes();
-    if bytes % 16 != 0 || !aligned16(&[x]) || !matches!(dtype, DType::BF16 | DType::F32) {
+    if !bytes.is_multiple_of(16) || !aligned16(&[x]) || !matches!(dtype, DType::BF16 | DType::F32) {
         return Ok(None);
     }
     let n: usize = out_dims.iter().product();
