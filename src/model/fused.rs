@@ -232,3 +232,97 @@ pub fn causal_softmax(
     };
     Ok(candle_nn::ops::softmax_last_dim(&s)?.to_dtype(scores.dtype())?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: &Tensor, b: &Tensor) -> Result<f32, ModelError> {
+        Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+    }
+
+    #[test]
+    fn causal_softmax_hides_the_future_and_refuses_a_missing_mask() -> Result<(), ModelError> {
+        let dev = Device::Cpu;
+        let scores = Tensor::new(
+            &[[[[1f32, 2.0, 3.0], [0.5, -1.0, 2.0], [0.0, 0.0, 0.0]]]],
+            &dev,
+        )?;
+        let inf = f32::NEG_INFINITY;
+        let mask = Tensor::new(&[[0f32, inf, inf], [0.0, 0.0, inf], [0.0, 0.0, 0.0]], &dev)?;
+        let p = causal_softmax(&scores, 0.5, 0, Some(&mask), DType::F32)?
+            .squeeze(0)?
+            .squeeze(0)?
+            .to_vec2::<f32>()?;
+        assert_eq!(p[0], vec![1.0, 0.0, 0.0]);
+        let (a, b) = ((0.5f32 * 0.5).exp(), (-1f32 * 0.5).exp());
+        assert!(
+            (p[1][0] - a / (a + b)).abs() < 1e-6 && p[1][2] == 0.0,
+            "{p:?}"
+        );
+        assert!(p[2].iter().all(|v| (v - 1.0 / 3.0).abs() < 1e-6), "{p:?}");
+        // Three query rows from position 0 hide keys: without a mask the composite path must refuse, not attend to
+        // the future.
+        assert!(causal_softmax(&scores, 0.5, 0, None, DType::F32).is_err());
+        // One query row at the last position sees every key: no mask is needed.
+        let last = scores.narrow(2, 2, 1)?;
+        let p = causal_softmax(&last, 1.0, 2, None, DType::F32)?;
+        assert!(close(&p, &softmax(&last, 1.0)?)? < 1e-7);
+        Ok(())
+    }
+
+    #[test]
+    fn moe_combine_weights_the_k_rows_of_each_token_and_adds_the_shared_output()
+    -> Result<(), ModelError> {
+        let dev = Device::Cpu;
+        // Three expert-output rows of width 2; token 0 takes rows 2 and 0, token 1 rows 1 and 2.
+        let y = Tensor::new(&[[1f32, 2.0], [3.0, 4.0], [5.0, 6.0]], &dev)?;
+        let rows_of = Tensor::new(&[2u32, 0, 1, 2], &dev)?;
+        let w = Tensor::new(&[[0.5f32, 0.25], [1.0, 2.0]], &dev)?;
+        let shared = Tensor::new(&[[10f32, 20.0], [30.0, 40.0]], &dev)?;
+        let got = moe_combine(&y, &rows_of, &w, Some(&shared))?;
+        let want = Tensor::new(
+            &[
+                [0.5f32 * 5.0 + 0.25 + 10.0, 0.5 * 6.0 + 0.5 + 20.0],
+                [3.0 + 10.0 + 30.0, 4.0 + 12.0 + 40.0],
+            ],
+            &dev,
+        )?;
+        assert!(close(&got, &want)? < 1e-6, "{got}");
+        let alone = moe_combine(&y, &rows_of, &w, None)?;
+        assert!(close(&(alone + &shared)?, &want)? < 1e-6);
+        Ok(())
+    }
+
+    #[test]
+    fn grouped_matmul_applies_each_segments_own_weight() -> Result<(), ModelError> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (7, 4), &dev)?;
+        let w = Tensor::randn(0f32, 1.0, (3, 5, 4), &dev)?;
+        let segments = [(2usize, 0usize, 3usize), (0, 3, 4)];
+        let got = grouped_matmul_t(&x, &w, &segments)?;
+        for &(e, s, len) in &segments {
+            let want = x.narrow(0, s, len)?.matmul(&w.get(e)?.t()?)?;
+            assert!(close(&got.narrow(0, s, len)?, &want)? < 1e-5);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn composite_ops_match_their_definitions() -> Result<(), ModelError> {
+        let dev = Device::Cpu;
+        let gu = Tensor::randn(0f32, 1.0, (3, 8), &dev)?;
+        let (g, u) = (gu.narrow(1, 0, 4)?, gu.narrow(1, 4, 4)?);
+        let silu = (&g / (g.neg()?.exp()? + 1.0)?)?;
+        assert!(close(&swiglu(&gu, 4)?, &(silu * u)?)? < 1e-6);
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 4, 5), &dev)?;
+        assert!(close(&transpose12(&x)?, &x.transpose(1, 2)?.contiguous()?)? == 0.0);
+        let idx = Tensor::new(&[1u32, 0, 1], &dev)?;
+        let rows = gather_rows(&x, &idx)?;
+        assert!(close(&rows.get(2)?, &x.get(1)?)? == 0.0 && rows.dim(0)? == 3);
+        // Nothing fused on the CPU, and a window partition there is the caller's own.
+        assert!(!active(&dev, DType::BF16));
+        assert!(window_partition(&x.narrow(3, 0, 4)?, 2)?.is_none());
+        Ok(())
+    }
+}
