@@ -255,7 +255,7 @@ mod tests {
             .squeeze(0)?
             .to_vec2::<f32>()?;
         assert_eq!(p[0], vec![1.0, 0.0, 0.0]);
-        let (a, b) = ((0.5f32 * 0.5).exp(), (-1f32 * 0.5).exp());
+        let (a, b) = ((0.5f32 * 0.5).exp(), (-0.5f32).exp());
         assert!(
             (p[1][0] - a / (a + b)).abs() < 1e-6 && p[1][2] == 0.0,
             "{p:?}"
