@@ -454,76 +454,14 @@ pub fn sam_qkv_aug(
             }
         }
     }
-    batched_gemm_t(&cuda, &h_ptrs, (gh, gw, hd), (hd, el, d_aug))?;
-    batched_gemm_t(&cuda, &w_ptrs, (gw, gh, hd), (hd, gw * el, gw * d_aug))?;
+    super::grouped::batched_gemm_t(&cuda, &h_ptrs, (gh, gw, hd), (hd, el, d_aug))?;
+    super::grouped::batched_gemm_t(&cuda, &w_ptrs, (gw, gh, hd), (hd, gw * el, gw * d_aug))?;
     drop((_s1, _s2, _s3, _s4));
     Ok(Some((
         wrap(q_aug, &cuda, (bh, n, d_aug)),
         wrap(k_aug, &cuda, (bh, n, d_aug)),
         wrap(v, &cuda, (bh, n, hd)),
     )))
-}
-
-/// Column-major `C_i [m × n] = A_iᵀ · B_i` for every `(A_i, B_i, C_i)` device address triple (bf16, f32
-/// accumulation), `A_i` `[k × m]` with leading dimension `lda`, `B_i` `[k × n]` with `ldb`, `C_i` with `ldc`:
-/// `cublasGemmBatchedEx` on candle's handle and stream.
-#[allow(unsafe_code)]
-fn batched_gemm_t(
-    cuda: &CudaDevice,
-    ptrs: &[(u64, u64, u64)],
-    (m, n, k): (usize, usize, usize),
-    (lda, ldb, ldc): (usize, usize, usize),
-) -> Result<(), ModelError> {
-    use candle_core::cuda_backend::cudarc::cublas::sys as blas;
-    let count = ptrs.len();
-    let int = |v: usize| {
-        i32::try_from(v).map_err(|_| ModelError::Input {
-            reason: format!("batched GEMM: {v} does not fit in 32 bits"),
-        })
-    };
-    let mut flat = Vec::with_capacity(3 * count);
-    flat.extend(ptrs.iter().map(|p| p.0));
-    flat.extend(ptrs.iter().map(|p| p.1));
-    flat.extend(ptrs.iter().map(|p| p.2));
-    let stream = cuda.cuda_stream();
-    let dev = stream.clone_htod(&flat).map_err(cuda_error)?;
-    let (pp, _sync) = dev.device_ptr(&stream);
-    let (alpha, beta) = (1f32, 0f32);
-    let bf = blas::cudaDataType_t::CUDA_R_16BF;
-    let handle = cuda.cublas_handle();
-    // SAFETY: the device array holds `count` A, then B, then C addresses, each the start of a matrix of the given
-    // dimensions and leading dimension inside a live buffer (the caller built them from its tensors' extents), and
-    // the Cs do not overlap; candle's handle runs on candle's stream, as everything else here.
-    let status = unsafe {
-        blas::cublasGemmBatchedEx(
-            *handle.handle(),
-            blas::cublasOperation_t::CUBLAS_OP_T,
-            blas::cublasOperation_t::CUBLAS_OP_N,
-            int(m)?,
-            int(n)?,
-            int(k)?,
-            (&alpha as *const f32).cast(),
-            pp as *const *const std::ffi::c_void,
-            bf,
-            int(lda)?,
-            (pp + 8 * count as u64) as *const *const std::ffi::c_void,
-            bf,
-            int(ldb)?,
-            (&beta as *const f32).cast(),
-            (pp + 16 * count as u64) as *const *mut std::ffi::c_void,
-            bf,
-            int(ldc)?,
-            int(count)?,
-            blas::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            blas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-        )
-    };
-    if status != blas::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
-        return Err(ModelError::Candle(candle_core::Error::Msg(format!(
-            "cublasGemmBatchedEx: {status:?}"
-        ))));
-    }
-    Ok(())
 }
 
 /// Launches one of the 16-byte-word layout kernels on `x` (contiguous, 16-byte aligned, rows of `row` elements a
@@ -584,6 +522,22 @@ pub fn transpose12(x: &Tensor) -> Result<Option<Tensor>, ModelError> {
     layout_copy(x, e, "transpose12_16b", &args, &[a, d2, d1, e])
 }
 
+/// Windows down and across a `[b, h, w, ..]` grid cut `ws × ws`, and the window kernels' shape arguments
+/// `[b, h, w, ws, nh, nw]`.
+fn window_geometry(
+    b: usize,
+    h: usize,
+    w: usize,
+    ws: usize,
+) -> Result<(usize, usize, Vec<u32>), ModelError> {
+    let (nh, nw) = (h.div_ceil(ws), w.div_ceil(ws));
+    let args = [b, h, w, ws, nh, nw]
+        .iter()
+        .map(|&v| u32_of(v, "window geometry"))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((nh, nw, args))
+}
+
 /// SAM's window partition of `x` `[b, h, w, c]` into `ws × ws` windows, zero-padded at the bottom and right:
 /// `[b·nh·nw, ws, ws, c]`.
 pub fn window_partition(x: &Tensor, ws: usize) -> Result<Option<Tensor>, ModelError> {
@@ -609,13 +563,9 @@ pub fn window_unpartition(
     (b, h, w): (usize, usize, usize),
 ) -> Result<Option<Tensor>, ModelError> {
     let c = windows.dim(candle_core::D::Minus1)?;
-    let (nh, nw) = (h.div_ceil(ws), w.div_ceil(ws));
+    let (nh, nw, args) = window_geometry(b, h, w, ws)?;
     if windows.dims() != [b * nh * nw, ws, ws, c] {
         return Ok(None);
     }
-    let args = [b, h, w, ws, nh, nw]
-        .iter()
-        .map(|&v| u32_of(v, "window geometry"))
-        .collect::<Result<Vec<_>, _>>()?;
     layout_copy(windows, c, "window_unpartition_16b", &args, &[b, h, w, c])
 }

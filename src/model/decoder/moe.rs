@@ -114,6 +114,11 @@ impl SlotOrder {
         })
     }
 
+    /// The token of every slot in sorted order (slot `s` belongs to token `s / k`).
+    fn tokens(&self, k: usize) -> Vec<u32> {
+        self.order.iter().map(|&s| s / k as u32).collect()
+    }
+
     fn slots(&self, e: usize) -> &[u32] {
         &self.order[self.starts[e]..self.starts[e] + self.counts[e]]
     }
@@ -337,7 +342,7 @@ impl Moe {
         let n_exp = self.experts.num_experts();
         let sort = SlotOrder::new(idx, n_exp)?;
         let (counts, starts) = (&sort.counts, &sort.starts);
-        let tokens: Vec<u32> = sort.order.iter().map(|&s| s / k as u32).collect();
+        let tokens = sort.tokens(k);
         let dev = x.device();
         let order = Tensor::from_slice(&sort.order, n * k, dev)?;
         let tokens = Tensor::from_vec(tokens, n * k, dev)?;
@@ -383,7 +388,7 @@ impl Moe {
         for (r, &s) in sort.order.iter().enumerate() {
             rows_of[s as usize] = r as u32;
         }
-        let tokens: Vec<u32> = sort.order.iter().map(|&s| s / k as u32).collect();
+        let tokens = sort.tokens(k);
         let dev = x.device();
         let tokens = Tensor::from_vec(tokens, n * k, dev)?;
         let rows_of = Tensor::from_vec(rows_of, n * k, dev)?;
