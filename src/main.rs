@@ -208,6 +208,15 @@ enum BenchCommand {
         #[arg(long)]
         no_fused: bool,
     },
+    /// The CPU GEMM of every linear layer against candle's f32 GEMM on the same values, at the official shapes:
+    /// GFLOP/s of each side and their largest difference (past rounding level the run fails).
+    Gemm {
+        #[arg(long, default_value_t = 10)]
+        repeat: usize,
+        /// Print the report as one JSON object on stdout (the readable report goes to stderr).
+        #[arg(long)]
+        json: bool,
+    },
     /// The fused CUDA kernels against the composite ops they replace, at the official shapes, on this machine's GPU:
     /// largest difference and time of each side; a difference past an op's tolerance fails the run.
     Kernels {
@@ -362,6 +371,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .with_context(|| format!("writing {}", path.display()))?;
             }
             print_report(&run.report, &run.report.to_json(), json);
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Gemm { repeat, json }) => {
+            anyhow::ensure!(repeat > 0, "--repeat must be at least 1");
+            let report = optimem::bench::gemm::run(repeat).context("gemm bench")?;
+            print_report(&report.markdown(), &serde_json::to_value(&report)?, json);
+            let failed: Vec<_> = report
+                .rows
+                .iter()
+                .filter(|r| !r.ok())
+                .map(|r| r.layer.clone())
+                .collect();
+            anyhow::ensure!(
+                failed.is_empty(),
+                "our GEMM differs from candle's past rounding level: {failed:?}"
+            );
             Ok(())
         }
         Command::Bench(BenchCommand::Kernels {

@@ -12,6 +12,7 @@
 //! - [`memory`]: remember / recall through the library, per tier and token encoding.
 //! - [`kernels`]: the model's fused CUDA kernels against the composite ops they replace, on the GPU.
 
+pub mod gemm;
 pub mod kernels;
 pub mod memory;
 pub mod profile;

@@ -5,16 +5,14 @@
 //! not vectorise) and a tenth in `gelu_erf` (libm's scalar `erff` per element). The kernels here keep
 //! reductions in 8 independent lanes and use branch-free polynomials, and run inside functions compiled
 //! for AVX2 + FMA when the CPU has them (the binary itself targets baseline x86-64). They do the same
-//! IEEE operations in the same order on every path (Rust never fuses `a·b + c` unless told to, as the bf16
-//! kernel below is, on both its paths), so results do not depend on the CPU.
+//! IEEE operations in the same order on every path (Rust never fuses `a·b + c` unless told to), so results do
+//! not depend on the CPU.
 //!
-//! Decoding at batch 1 is a matrix-vector product per weight, bound by memory bandwidth: at the official
-//! size 2.3 GB of f32 weights are read per token (`perf`: 90 % of decode time in gemm's GEMV). The
-//! official checkpoint, like the bundled model, is stored in bf16, so the decoder keeps such weights in
-//! bf16 (exactly: every f32 it would hold is a bf16 value) and [`matmul_t`] multiplies f32 rows by them
-//! with f32 products and sums, reading half the bytes. A prefill has more rows: the kernel works on
-//! 4 weight rows × 2 input rows at once in AVX2 registers, so each weight row, widened once, serves
-//! every input row from L1 (at the official size, a 64-token prefill went 1.46–1.65 → 0.83–1.14 s).
+//! The linear layers' GEMM is the `optimem-gemm` crate ([`matmul_t`], [`MatmulWeight`]). Decoding at batch 1 is
+//! bound by memory bandwidth (every active weight is read once per token); the official checkpoint, like the
+//! bundled model, is stored in bf16, so the decoder keeps such weights in bf16 (exactly: every f32 it would hold is
+//! a bf16 value), in the panel layout the GEMM's tiles read directly: half the bytes of f32, and no packing per
+//! call.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 use half::bf16;
@@ -273,191 +271,31 @@ pub(crate) fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// At most this many rows of `x` go through the bf16 kernel of [`matmul_t`]; more (a long prefill)
-/// convert the weight to f32 for candle's GEMM, whose cache blocking pays once the rows of `x` no
-/// longer fit in L2 (128 × 1280 f32 = 640 KiB). Measured at the official size: with 16, a 64-token
-/// prefill took 1.08–1.34 s; with 128, 0.83–1.14 s; a 280-token prefill is the same either way
-/// (2.5–3.0 s: its dense layers exceed both, and each expert sees ~26 rows).
-pub(crate) const BF16_KERNEL_MAX_ROWS: usize = 128;
-
-/// The `W × X` dot products `ws[i] · xs[r]` of one register block (all slices `k` long). Every
-/// implementation sums each the same way, whatever the block: products fused into [`LANES`] lanes in
-/// order of `k` (one rounding per multiply-add), the lanes summed in order, then the products of the
-/// `k % LANES` tail in order. So a block gives bit for bit what a single dot product gives, on every CPU.
-trait DotBlocks: Copy {
-    fn dots<const W: usize, const X: usize>(
-        self,
-        ws: [&[f32]; W],
-        xs: [&[f32]; X],
-    ) -> [[f32; X]; W];
-}
-
-/// [`DotBlocks`] in plain loops, for CPUs without AVX2 and FMA (where `mul_add` is libm's exact, slow
-/// `fmaf`; the compiler may or may not vectorise the rest).
-#[derive(Debug, Clone, Copy)]
-struct PortableDots;
-
-impl DotBlocks for PortableDots {
-    #[inline(always)]
-    fn dots<const W: usize, const X: usize>(
-        self,
-        ws: [&[f32]; W],
-        xs: [&[f32]; X],
-    ) -> [[f32; X]; W] {
-        let full = ws[0].len() - ws[0].len() % LANES;
-        let mut acc = [[[0f32; LANES]; X]; W];
-        for c in (0..full).step_by(LANES) {
-            for (acc_i, w) in acc.iter_mut().zip(&ws) {
-                for (a, x) in acc_i.iter_mut().zip(&xs) {
-                    for l in 0..LANES {
-                        a[l] = x[c + l].mul_add(w[c + l], a[l]);
-                    }
-                }
-            }
-        }
-        std::array::from_fn(|i| std::array::from_fn(|r| finish_dot(acc[i][r], xs[r], ws[i], full)))
-    }
-}
-
-/// The lanes of one dot product summed in order, plus the products of the tail from `full` on, in order.
-#[inline(always)]
-fn finish_dot(lanes: [f32; LANES], x: &[f32], w: &[f32], full: usize) -> f32 {
-    let tail: f32 = x[full..].iter().zip(&w[full..]).map(|(a, b)| a * b).sum();
-    lanes.iter().sum::<f32>() + tail
-}
-
-/// [`DotBlocks`] in AVX2 registers: `W·X` accumulators that stay in registers, which LLVM's
-/// auto-vectoriser does not reliably achieve for the nested loops of [`PortableDots`] (it kept them on
-/// the stack, one lane at a time, in a release build: decoding went 2.5× slower than with the one-row
-/// kernel it replaced).
-/// Fused multiply-adds, exactly the portable loops' `mul_add`, so the results are identical; on this
-/// machine they made a 64-token official-size prefill 0.92–1.36 → 0.72–0.98 s (six alternating pairs)
-/// against a multiply then an add.
-/// A value exists only when this CPU has AVX2 and FMA ([`Avx2Dots::detect`]).
-#[cfg(target_arch = "x86_64")]
-#[derive(Debug, Clone, Copy)]
-struct Avx2Dots(());
-
-#[cfg(target_arch = "x86_64")]
-impl Avx2Dots {
-    fn detect() -> Option<Self> {
-        avx2_fma_detected().then_some(Self(()))
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-impl DotBlocks for Avx2Dots {
-    #[inline(always)]
-    fn dots<const W: usize, const X: usize>(
-        self,
-        ws: [&[f32]; W],
-        xs: [&[f32]; X],
-    ) -> [[f32; X]; W] {
-        // SAFETY: an `Avx2Dots` is only made by `detect`, which found AVX2 and FMA on this CPU.
-        #[allow(unsafe_code)]
-        unsafe {
-            dots_avx2(ws, xs)
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn dots_avx2<const W: usize, const X: usize>(ws: [&[f32]; W], xs: [&[f32]; X]) -> [[f32; X]; W] {
-    use std::arch::x86_64::{
-        __m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps, _mm256_storeu_ps,
-    };
-    let k = ws[0].len();
-    let full = k - k % LANES;
-    // Cut to `full` (checked once) so that every load below is in bounds.
-    let (wf, xf) = (ws.map(|w| &w[..full]), xs.map(|x| &x[..full]));
-    let mut acc = [[_mm256_setzero_ps(); X]; W];
-    for o in (0..full).step_by(LANES) {
-        // SAFETY: o + LANES <= full, the length of every slice in `wf` and `xf`.
-        #[allow(unsafe_code)]
-        let xv: [__m256; X] =
-            std::array::from_fn(|r| unsafe { _mm256_loadu_ps(xf[r].as_ptr().add(o)) });
-        for (acc_i, w) in acc.iter_mut().zip(&wf) {
-            // SAFETY: as above.
-            #[allow(unsafe_code)]
-            let wv = unsafe { _mm256_loadu_ps(w.as_ptr().add(o)) };
-            for (a, x) in acc_i.iter_mut().zip(&xv) {
-                *a = _mm256_fmadd_ps(*x, wv, *a);
-            }
-        }
-    }
-    std::array::from_fn(|i| {
-        std::array::from_fn(|r| {
-            let mut lanes = [0f32; LANES];
-            // SAFETY: `lanes` holds LANES f32s.
-            #[allow(unsafe_code)]
-            unsafe {
-                _mm256_storeu_ps(lanes.as_mut_ptr(), acc[i][r])
-            };
-            finish_dot(lanes, xs[r], ws[i], full)
+/// `x · wᵀ` over the last dimension of `x` (any rank; `w` is `[out, in]`).
+///
+/// An f32 `x` on the CPU with an f32 or bf16 `w` takes [`optimem_gemm`] (a bf16 weight is widened as it is packed);
+/// every other pairing is candle's matmul as `candle_nn::Linear` does it (mismatched dtypes are its error, not a
+/// silent conversion on every call).
+pub(crate) fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    on_rows(x, |x2| {
+        let ours = x2.dtype() == DType::F32
+            && x2.device().is_cpu()
+            && matches!(w.dtype(), DType::BF16 | DType::F32);
+        Ok(if ours {
+            x2.apply_op2_no_bwd(&w.contiguous()?, &PackedMatmulT)?
+        } else {
+            x2.matmul(&w.t()?)?
         })
     })
 }
 
-/// Weight rows per register block of [`bf16_rows_times`], and rows of `x` per block: 4 × 2 blocks keep
-/// eight accumulators (enough independent multiply-adds to cover the FMA latency on both pipes) plus
-/// the loaded vectors within the 16 AVX registers.
-const BLOCK_W: usize = 4;
-const BLOCK_X: usize = 2;
+/// `x · wᵀ` for CPU `x` f32 `[m, k]` and `w` f32 or bf16 `[n, k]` (both contiguous) → f32 `[m, n]`, by
+/// [`optimem_gemm`].
+struct PackedMatmulT;
 
-/// `out[r, j] = x[r, ..] · w[j, ..]` for the weight rows `w` (bf16, `k` wide, `n` rows) of one task: each
-/// block of [`BLOCK_W`] rows is widened to f32 once (exact) into `buf` and dotted with every row of `x`
-/// (`m × k`), [`BLOCK_X`] rows at a time. `out` is `m × n`.
-#[inline(always)]
-fn bf16_rows_times<D: DotBlocks>(
-    d: D,
-    x: &[f32],
-    w: &[bf16],
-    k: usize,
-    buf: &mut [f32],
-    out: &mut [f32],
-) {
-    let (m, n) = (x.len() / k, w.len() / k);
-    let x_row = |r: usize| &x[r * k..(r + 1) * k];
-    for (jb, rows) in w.chunks(BLOCK_W * k).enumerate() {
-        for (b, &v) in buf.iter_mut().zip(rows) {
-            *b = f32::from_bits(u32::from(v.to_bits()) << 16);
-        }
-        let j0 = jb * BLOCK_W;
-        let mut put = |r: usize, i: usize, v: f32| out[r * n + j0 + i] = v;
-        if rows.len() == BLOCK_W * k {
-            let ws: [&[f32]; BLOCK_W] = std::array::from_fn(|i| &buf[i * k..(i + 1) * k]);
-            let mut r = 0;
-            while r + BLOCK_X <= m {
-                let block = d.dots::<BLOCK_W, BLOCK_X>(ws, std::array::from_fn(|q| x_row(r + q)));
-                for (i, di) in block.iter().enumerate() {
-                    for (q, &v) in di.iter().enumerate() {
-                        put(r + q, i, v);
-                    }
-                }
-                r += BLOCK_X;
-            }
-            if r < m {
-                for (i, di) in d.dots::<BLOCK_W, 1>(ws, [x_row(r)]).iter().enumerate() {
-                    put(r, i, di[0]);
-                }
-            }
-        } else {
-            for (i, wr) in buf[..rows.len()].chunks_exact(k).enumerate() {
-                for r in 0..m {
-                    put(r, i, d.dots::<1, 1>([wr], [x_row(r)])[0][0]);
-                }
-            }
-        }
-    }
-}
-
-/// `x · wᵀ` for CPU `x` f32 `[m, k]` and `w` bf16 `[n, k]` (both contiguous) → f32 `[m, n]`.
-struct MatmulBf16T;
-
-impl CustomOp2 for MatmulBf16T {
+impl CustomOp2 for PackedMatmulT {
     fn name(&self) -> &'static str {
-        "matmul-f32-bf16t"
+        "matmul-f32-packed-t"
     }
 
     fn cpu_fwd(
@@ -467,77 +305,35 @@ impl CustomOp2 for MatmulBf16T {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(xd), CpuStorage::BF16(wd)) = (s1, s2) else {
-            candle_core::bail!("matmul-f32-bf16t: needs f32 x and bf16 w");
+        let CpuStorage::F32(xd) = s1 else {
+            candle_core::bail!("matmul-f32-packed-t: needs f32 x");
         };
         let (Some((xa, xb)), Some((wa, wb))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
         else {
-            candle_core::bail!("matmul-f32-bf16t: inputs must be contiguous");
+            candle_core::bail!("matmul-f32-packed-t: inputs must be contiguous");
         };
         let (&[m, k], &[n, k2]) = (l1.dims(), l2.dims()) else {
             candle_core::bail!(
-                "matmul-f32-bf16t: 2-D inputs only, got {:?} {:?}",
+                "matmul-f32-packed-t: 2-D inputs only, got {:?} {:?}",
                 l1.dims(),
                 l2.dims()
             );
         };
-        if k != k2 || k == 0 {
-            candle_core::bail!("matmul-f32-bf16t: shapes {:?} {:?}", l1.dims(), l2.dims());
+        if k != k2 {
+            candle_core::bail!(
+                "matmul-f32-packed-t: shapes {:?} {:?}",
+                l1.dims(),
+                l2.dims()
+            );
         }
-        let (x, w) = (&xd[xa..xb], &wd[wa..wb]);
-        // Weight rows per task: enough work per task, and tasks for every thread.
-        // A multiple of BLOCK_W, so that only the last task has a partial block.
-        let rows_per_task = (CHUNK / k)
-            .clamp(1, n.div_ceil(2 * rayon::current_num_threads()).max(1))
-            .next_multiple_of(BLOCK_W);
-        let parts: Vec<(usize, Vec<f32>)> = w
-            .par_chunks(rows_per_task * k)
-            .enumerate()
-            .map(|(t, wt)| {
-                let rows = wt.len() / k;
-                let mut local = vec![0f32; m * rows];
-                let mut buf = vec![0f32; BLOCK_W * k];
-                #[cfg(target_arch = "x86_64")]
-                if let Some(d) = Avx2Dots::detect() {
-                    with_avx2!(bf16_rows_times(d, x, wt, k, &mut buf, &mut local));
-                    return (t * rows_per_task, local);
-                }
-                bf16_rows_times(PortableDots, x, wt, k, &mut buf, &mut local);
-                (t * rows_per_task, local)
-            })
-            .collect();
-        let mut out = vec![0f32; m * n];
-        for (j0, local) in parts {
-            let rows = local.len() / m.max(1);
-            for r in 0..m {
-                out[r * n + j0..r * n + j0 + rows]
-                    .copy_from_slice(&local[r * rows..(r + 1) * rows]);
-            }
-        }
+        let w = match s2 {
+            CpuStorage::F32(w) => optimem_gemm::Weight::F32(&w[wa..wb]),
+            CpuStorage::BF16(w) => optimem_gemm::Weight::Bf16(&w[wa..wb]),
+            _ => candle_core::bail!("matmul-f32-packed-t: needs an f32 or bf16 weight"),
+        };
+        let out = optimem_gemm::matmul_t(&xd[xa..xb], m, k, w, n);
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
-}
-
-/// `x · wᵀ` over the last dimension of `x` (any rank; `w` is `[out, in]`).
-///
-/// A bf16 `w` with an f32 `x` on the CPU takes [`MatmulBf16T`] for up to [`BF16_KERNEL_MAX_ROWS`] rows and
-/// candle's GEMM on an f32 copy of `w` beyond; every other pairing is candle's matmul as `candle_nn::Linear`
-/// does it (mismatched dtypes are its error, not a silent conversion on every call).
-pub(crate) fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    on_rows(x, |x2| {
-        let rows = x2.dim(0)?;
-        Ok(
-            if w.dtype() == DType::BF16 && x2.dtype() == DType::F32 && x2.device().is_cpu() {
-                if rows <= BF16_KERNEL_MAX_ROWS {
-                    x2.apply_op2_no_bwd(&w.contiguous()?, &MatmulBf16T)?
-                } else {
-                    x2.matmul(&w.to_dtype(DType::F32)?.t()?)?
-                }
-            } else {
-                x2.matmul(&w.t()?)?
-            },
-        )
-    })
 }
 
 /// `f` applied to the rows of `x` (any rank) as one contiguous `[rows, in]` matrix; its `[rows, out]` result gets
@@ -571,6 +367,159 @@ pub(crate) fn compact_bf16(w: Tensor) -> Result<Tensor> {
         }
     };
     Ok(if exact { w.to_dtype(DType::BF16)? } else { w })
+}
+
+/// A weight `[.., n, k]` for `x · wᵀ`, as a layer keeps it: the tensor as loaded, or, for a CPU weight whose values
+/// are all bf16 values (a bf16 checkpoint's, official or bundled), the bf16 panels the CPU GEMM's tiles read
+/// directly (`optimem_gemm::pack_panels`: the same numbers, in the order the tiles load them, so that no call packs or widens
+/// a weight). The checkpoint is unchanged; only the layout in memory differs.
+#[derive(Debug, Clone)]
+pub(crate) enum MatmulWeight {
+    Plain(Tensor),
+    /// `data` bf16 `[.., optimem_gemm::panels_len(n, k)]`: one panel block per leading index.
+    Panels {
+        data: Tensor,
+        n: usize,
+        k: usize,
+    },
+}
+
+impl MatmulWeight {
+    /// `w` in panels when it is a CPU tensor whose values are all bf16 values ([`compact_bf16`]), else as it is.
+    pub(crate) fn new(w: Tensor) -> Result<Self> {
+        let w = compact_bf16(w)?;
+        if !w.device().is_cpu() || w.dtype() != DType::BF16 || w.rank() < 2 {
+            return Ok(Self::Plain(w));
+        }
+        let dims = w.dims().to_vec();
+        let (lead, n, k) = (
+            &dims[..dims.len() - 2],
+            dims[dims.len() - 2],
+            dims[dims.len() - 1],
+        );
+        let count: usize = lead.iter().product();
+        let flat = w.contiguous()?.flatten_all()?.to_vec1::<bf16>()?;
+        let per = optimem_gemm::panels_len(n, k);
+        let mut packed = Vec::with_capacity(count * per);
+        for block in flat.chunks_exact((n * k).max(1)).take(count) {
+            packed.extend(optimem_gemm::pack_panels(block, n, k));
+        }
+        let mut shape = lead.to_vec();
+        shape.push(per);
+        Ok(Self::Panels {
+            data: Tensor::from_vec(packed, shape, w.device())?,
+            n,
+            k,
+        })
+    }
+
+    /// The weight `[.., n, k]` as loaded (a copy out of the panels).
+    pub(crate) fn plain(&self) -> Result<Tensor> {
+        match self {
+            Self::Plain(w) => Ok(w.clone()),
+            Self::Panels { data, n, k } => {
+                let lead = &data.dims()[..data.rank() - 1];
+                let flat = data.flatten_all()?.to_vec1::<bf16>()?;
+                let per = optimem_gemm::panels_len(*n, *k);
+                let mut out = Vec::with_capacity(flat.len() / per.max(1) * n * k);
+                for block in flat.chunks_exact(per.max(1)).take(lead.iter().product()) {
+                    out.extend(optimem_gemm::unpack_panels(block, *n, *k));
+                }
+                let mut shape = lead.to_vec();
+                shape.extend([*n, *k]);
+                Ok(Tensor::from_vec(out, shape, data.device())?)
+            }
+        }
+    }
+
+    /// Entry `i` of the leading dimension (an expert of a stacked weight), without a copy.
+    pub(crate) fn get(&self, i: usize) -> Result<Self> {
+        Ok(match self {
+            Self::Plain(w) => Self::Plain(w.get(i)?),
+            Self::Panels { data, n, k } => Self::Panels {
+                data: data.get(i)?,
+                n: *n,
+                k: *k,
+            },
+        })
+    }
+
+    /// The size of the leading dimension (1 for a scalar).
+    pub(crate) fn dim0(&self) -> usize {
+        let t = match self {
+            Self::Plain(w) => w,
+            Self::Panels { data, .. } => data,
+        };
+        t.dims().first().copied().unwrap_or(1)
+    }
+
+    /// `x · wᵀ` over the last dimension of `x` (as [`matmul_t`]).
+    pub(crate) fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Plain(w) => matmul_t(x, w),
+            Self::Panels { data, n, k } => on_rows(x, |x2| {
+                if x2.dtype() != DType::F32
+                    || !x2.device().is_cpu()
+                    || x2.dim(1)? != *k
+                    || data.rank() != 1
+                {
+                    return Err(candle_core::Error::Msg(format!(
+                        "matmul with panels: needs CPU f32 rows of {k} and one weight, got {:?} {:?} and {:?}",
+                        x2.dtype(),
+                        x2.dims(),
+                        data.dims()
+                    ))
+                    .into());
+                }
+                Ok(x2.apply_op2_no_bwd(data, &PanelsMatmulT { n: *n })?)
+            }),
+        }
+    }
+}
+
+/// `x · wᵀ` for CPU `x` f32 `[m, k]` and `w` in bf16 panels (`optimem_gemm::pack_panels` of an `n × k` weight) → f32 `[m, n]`.
+struct PanelsMatmulT {
+    n: usize,
+}
+
+impl CustomOp2 for PanelsMatmulT {
+    fn name(&self) -> &'static str {
+        "matmul-f32-panels-t"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(xd), CpuStorage::BF16(wd)) = (s1, s2) else {
+            candle_core::bail!("matmul-f32-panels-t: needs f32 x and bf16 panels");
+        };
+        let (Some((xa, xb)), Some((wa, wb))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("matmul-f32-panels-t: inputs must be contiguous");
+        };
+        let &[m, k] = l1.dims() else {
+            candle_core::bail!("matmul-f32-panels-t: 2-D x only, got {:?}", l1.dims());
+        };
+        if wb - wa != optimem_gemm::panels_len(self.n, k) {
+            candle_core::bail!(
+                "matmul-f32-panels-t: {} values are not the panels of {} × {k}",
+                wb - wa,
+                self.n
+            );
+        }
+        let out = optimem_gemm::matmul_t(
+            &xd[xa..xb],
+            m,
+            k,
+            optimem_gemm::Weight::Panels(&wd[wa..wb]),
+            self.n,
+        );
+        Ok((CpuStorage::F32(out), Shape::from((m, self.n))))
+    }
 }
 
 #[cfg(test)]
@@ -657,54 +606,6 @@ mod tests {
         }
     }
 
-    /// One dot product summed as the kernel documents it, written out plainly.
-    fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
-        let mut lanes = [0f32; LANES];
-        let full = a.len() - a.len() % LANES;
-        for (i, (x, y)) in a[..full].iter().zip(&b[..full]).enumerate() {
-            lanes[i % LANES] = x.mul_add(*y, lanes[i % LANES]);
-        }
-        let tail: f32 = a[full..].iter().zip(&b[full..]).map(|(x, y)| x * y).sum();
-        lanes.iter().sum::<f32>() + tail
-    }
-
-    /// Each output of the bf16 kernel, on both of its paths, against the plain sum above, bit for bit.
-    fn check_kernel_bits(x: &Tensor, w: &Tensor, got: &Tensor) -> Result<()> {
-        let (m, k) = x.dims2()?;
-        let n = w.dim(0)?;
-        let (xv, wv) = (
-            x.to_vec2::<f32>()?,
-            w.to_dtype(DType::F32)?.to_vec2::<f32>()?,
-        );
-        let got = got.to_vec2::<f32>()?;
-        // The portable loops, called directly (matmul_t takes AVX2 where the CPU has it).
-        let mut portable = vec![0f32; m * n];
-        let (xf, wb) = (
-            x.flatten_all()?.to_vec1::<f32>()?,
-            w.flatten_all()?.to_vec1::<bf16>()?,
-        );
-        bf16_rows_times(
-            PortableDots,
-            &xf,
-            &wb,
-            k,
-            &mut vec![0f32; BLOCK_W * k],
-            &mut portable,
-        );
-        for r in 0..m {
-            for j in 0..n {
-                let want = lane_dot(&xv[r], &wv[j]).to_bits();
-                assert_eq!(got[r][j].to_bits(), want, "{m}x{k}x{n} at ({r}, {j})");
-                assert_eq!(
-                    portable[r * n + j].to_bits(),
-                    want,
-                    "portable, {m}x{k}x{n} at ({r}, {j})"
-                );
-            }
-        }
-        Ok(())
-    }
-
     #[test]
     fn bf16_matmul_equals_f32_matmul_on_the_same_values() -> Result<()> {
         let dev = Device::Cpu;
@@ -718,7 +619,7 @@ mod tests {
             (5, 37, 13),
             (16, 3, 30),
             (17, 64, 1000),
-            (BF16_KERNEL_MAX_ROWS + 1, 8, 9),
+            (129, 8, 9),
         ] {
             let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
             let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?.to_dtype(DType::BF16)?;
@@ -731,9 +632,15 @@ mod tests {
                 .max(0)?
                 .to_scalar::<f32>()?;
             assert!(d < 1e-4 * (k as f32).sqrt(), "{m}x{k}x{n}: {d}");
-            if m <= BF16_KERNEL_MAX_ROWS {
-                check_kernel_bits(&x, &w, &got)?;
-            }
+            // The same numbers from the weight kept in panels.
+            let panels = MatmulWeight::new(w.clone())?;
+            assert!(matches!(panels, MatmulWeight::Panels { .. }));
+            assert_eq!(
+                panels.matmul_t(&x)?.to_vec2::<f32>()?,
+                got.to_vec2::<f32>()?,
+                "panels {m}x{k}x{n}"
+            );
+            assert_eq!(panels.plain()?.to_vec2::<bf16>()?, w.to_vec2::<bf16>()?);
             // A batch of rows as a 3-D input, and a zero-copy row block of a stacked weight.
             let stacked = Tensor::stack(&[&w, &w], 0)?;
             let x3 = x.unsqueeze(0)?;

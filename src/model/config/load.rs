@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Module, Shape, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::model::error::{ModelError, Result};
-use crate::model::kernels::matmul_t;
+use crate::model::kernels::MatmulWeight;
 
 /// Reads and parses `dir/config.json`.
 pub fn read_config_json(dir: &Path) -> Result<serde_json::Value> {
@@ -116,12 +116,20 @@ fn full_name(vb: &VarBuilder, name: &str) -> String {
 /// decoder's.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
+    weight: MatmulWeight,
     bias: Option<Tensor>,
 }
 
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self {
+            weight: MatmulWeight::Plain(weight),
+            bias,
+        }
+    }
+
+    /// A layer whose weight is kept as [`MatmulWeight::new`] keeps it (bf16 panels on the CPU when it can).
+    pub(crate) fn with_weight(weight: MatmulWeight, bias: Option<Tensor>) -> Self {
         Self { weight, bias }
     }
 
@@ -137,15 +145,16 @@ impl Linear {
         // On CUDA in bf16 the bias rides in the GEMM's epilogue (`model::cuda::linear_bias`).
         #[cfg(feature = "cuda")]
         if let Some(b) = &self.bias
+            && let MatmulWeight::Plain(w) = &self.weight
             && x.device().is_cuda()
             && x.dtype() == DType::BF16
             && x.elem_count() > 0
         {
             return crate::model::kernels::on_rows(x, |x2| {
-                crate::model::cuda::linear_bias(x2, &self.weight.contiguous()?, &b.contiguous()?)
+                crate::model::cuda::linear_bias(x2, &w.contiguous()?, &b.contiguous()?)
             });
         }
-        let y = matmul_t(x, &self.weight)?;
+        let y = self.weight.matmul_t(x)?;
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,

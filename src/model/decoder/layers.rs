@@ -4,7 +4,7 @@ use candle_core::{DType, Shape, Tensor};
 use candle_nn::VarBuilder;
 
 pub(crate) use crate::model::config::Linear;
-use crate::model::kernels::compact_bf16;
+use crate::model::kernels::MatmulWeight;
 use crate::model::{ModelError, fused};
 
 /// Loads `name` under `vb` with the expected shape; a missing or misshaped tensor is an error that
@@ -100,7 +100,7 @@ pub(crate) fn split_last<const N: usize>(
 /// bundled) is kept in bf16 (`compact_bf16`): the same numbers in half the memory, and half the bytes read per
 /// decoded token. The encoder keeps f32: its GEMMs are compute-bound.
 pub(crate) fn decoder_linear(weight: Tensor, bias: Option<Tensor>) -> Result<Linear, ModelError> {
-    Ok(Linear::new(compact_bf16(weight)?, bias))
+    Ok(Linear::with_weight(MatmulWeight::new(weight)?, bias))
 }
 
 /// `DeepseekV2RMSNorm`: `weight * (x_f32 * rsqrt(mean(x_f32²) + eps)).to(input dtype)`.

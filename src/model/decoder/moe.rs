@@ -41,7 +41,7 @@ use crate::model::ModelError;
 use crate::model::decoder::TextConfig;
 use crate::model::decoder::layers::{Mlp, weight};
 use crate::model::fused::{self, swiglu};
-use crate::model::kernels::{compact_bf16, matmul_t};
+use crate::model::kernels::MatmulWeight;
 
 /// Up to this many tokens per forward use the gather path on an accelerator (batch-1 decoding and small batches).
 pub const GATHER_MAX_TOKENS: usize = 4;
@@ -183,11 +183,11 @@ impl MoeGate {
 }
 
 /// Routed experts, stacked: `gate_up` `(E, 2·I, H)` (each expert's `gate_proj` rows, then its `up_proj` rows, so
-/// one pass over the input serves both), `down_proj` `(E, H, I)`.
+/// one pass over the input serves both), `down_proj` `(E, H, I)`; on the CPU in bf16 panels ([`MatmulWeight`]).
 #[derive(Debug, Clone)]
 pub struct Experts {
-    gate_up: Tensor,
-    down_proj: Tensor,
+    gate_up: MatmulWeight,
+    down_proj: MatmulWeight,
     inter: usize,
 }
 
@@ -209,20 +209,28 @@ impl Experts {
             down.push(get(e, "down_proj", (hidden, inter))?);
         }
         Ok(Self {
-            gate_up: compact_bf16(Tensor::stack(&gate_up, 0)?)?,
-            down_proj: compact_bf16(Tensor::stack(&down, 0)?)?,
+            gate_up: MatmulWeight::new(Tensor::stack(&gate_up, 0)?)?,
+            down_proj: MatmulWeight::new(Tensor::stack(&down, 0)?)?,
             inter,
         })
     }
 
     fn num_experts(&self) -> usize {
-        self.gate_up.dims()[0]
+        self.gate_up.dim0()
     }
 
     /// Expert `e` applied to `x` `(c, H)`, with zero-copy views of the stacked weights.
     fn run_one(&self, e: usize, x: &Tensor) -> Result<Tensor, ModelError> {
-        let gate_up = matmul_t(x, &self.gate_up.get(e)?)?;
-        matmul_t(&swiglu(&gate_up, self.inter)?, &self.down_proj.get(e)?)
+        let gate_up = self.gate_up.get(e)?.matmul_t(x)?;
+        self.down_proj
+            .get(e)?
+            .matmul_t(&swiglu(&gate_up, self.inter)?)
+    }
+
+    /// The stacked `(gate_up, down_proj)` as loaded, for the paths that multiply every expert at once (the GPU's;
+    /// the CPU takes them only when a test forces them: out of panels, this is a copy).
+    fn plain(&self) -> Result<(Tensor, Tensor), ModelError> {
+        Ok((self.gate_up.plain()?, self.down_proj.plain()?))
     }
 }
 
@@ -320,8 +328,9 @@ impl Moe {
         let slots = idx.flatten_all()?;
         let ex = &self.experts;
         // Weights kept in bf16 on the CPU are widened to the activations' dtype after the gather.
-        let wgu = fused::gather_rows(&ex.gate_up, &slots)?.to_dtype(x.dtype())?;
-        let wd = fused::gather_rows(&ex.down_proj, &slots)?.to_dtype(x.dtype())?;
+        let (gate_up, down_proj) = ex.plain()?;
+        let wgu = fused::gather_rows(&gate_up, &slots)?.to_dtype(x.dtype())?;
+        let wd = fused::gather_rows(&down_proj, &slots)?.to_dtype(x.dtype())?;
         let xs = x
             .unsqueeze(1)?
             .broadcast_as((n, k, h))?
@@ -395,9 +404,10 @@ impl Moe {
         drop(sort_span);
         let experts_span = tracing::trace_span!("moe-experts").entered();
         let x_sorted = fused::gather_rows(x, &tokens)?;
-        let gate_up = fused::grouped_matmul_t(&x_sorted, &ex.gate_up, &segments)?;
+        let (w_gate_up, w_down) = ex.plain()?;
+        let gate_up = fused::grouped_matmul_t(&x_sorted, &w_gate_up, &segments)?;
         let act = swiglu(&gate_up, ex.inter)?;
-        let out = fused::grouped_matmul_t(&act, &ex.down_proj, &segments)?;
+        let out = fused::grouped_matmul_t(&act, &w_down, &segments)?;
         drop(experts_span);
         let _combine = tracing::trace_span!("moe-combine").entered();
         fused::moe_combine(&out, &rows_of, w, shared)
@@ -466,10 +476,11 @@ impl Moe {
         if cap > 0 {
             // Weights kept in bf16 on the CPU meet f32 activations: widen them (this path is the GPU's; the CPU
             // takes it only when forced).
+            let (gate_up, down_proj) = ex.plain()?;
             let same = |t: &Tensor| t.to_dtype(x.dtype());
             let xb = x_rows.narrow(0, 0, batch_rows)?.reshape((n_exp, cap, h))?;
-            let act = swiglu(&xb.matmul(&same(&ex.gate_up)?.transpose(1, 2)?)?, ex.inter)?;
-            let y = act.matmul(&same(&ex.down_proj)?.transpose(1, 2)?)?;
+            let act = swiglu(&xb.matmul(&same(&gate_up)?.transpose(1, 2)?)?, ex.inter)?;
+            let y = act.matmul(&same(&down_proj)?.transpose(1, 2)?)?;
             outs.push(y.reshape((batch_rows, h))?);
         }
         for (e, start, len) in alone {
