@@ -173,23 +173,90 @@ pub fn matmul_t_with(isa: Isa, x: &[f32], m: usize, k: usize, w: Weight<'_>, n: 
     assert_eq!(x.len(), m * k, "gemm: x is not m × k");
     assert!(w.fits(n, k), "gemm: w is not n × k");
     let mut out = vec![0f32; m * n];
-    if m == 0 || n == 0 || k == 0 {
+    gemm_into(isa, x, m, k, w, n, &mut out, true);
+    out
+}
+
+/// `x[b] · w[b]ᵀ` for `b < batch` (`x` `batch × m × k`, `w` `batch × n × k` f32, both row-major) →
+/// `batch × m × n`: attention's products. Many products (at least twice the threads) run one per task, each on one
+/// thread; fewer run one after the other, each over every thread.
+pub fn matmul_t_batched(
+    x: &[f32],
+    w: &[f32],
+    batch: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Vec<f32> {
+    assert_eq!(x.len(), batch * m * k, "gemm: x is not batch × m × k");
+    assert_eq!(w.len(), batch * n * k, "gemm: w is not batch × n × k");
+    let isa = Isa::detect();
+    let mut out = vec![0f32; batch * m * n];
+    if m * n == 0 {
         return out;
     }
-    let a = pack_x(x, m, k);
+    let one = |(b, o): (usize, &mut [f32]), parallel: bool| {
+        let w = Weight::F32(&w[b * n * k..][..n * k]);
+        gemm_into(isa, &x[b * m * k..][..m * k], m, k, w, n, o, parallel)
+    };
+    if batch >= 2 * rayon::current_num_threads() {
+        out.par_chunks_mut(m * n)
+            .enumerate()
+            .for_each(|bo| one(bo, false));
+    } else {
+        out.chunks_mut(m * n)
+            .enumerate()
+            .for_each(|bo| one(bo, true));
+    }
+    out
+}
+
+/// The product into `out` (`m × n`, every value overwritten): over rayon's pool when `parallel`, else on this thread.
+#[allow(clippy::too_many_arguments)]
+fn gemm_into(
+    isa: Isa,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: Weight<'_>,
+    n: usize,
+    out: &mut [f32],
+    parallel: bool,
+) {
+    debug_assert!(x.len() == m * k && w.fits(n, k) && out.len() == m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let a = pack_x(x, m, k, parallel);
     // Column chunks of whole panels, as many per thread as it takes to keep each within NC, and a multiple of the
     // thread count so that the threads finish together.
     let panels = n.div_ceil(NR);
-    let threads = rayon::current_num_threads().max(1);
+    let threads = if parallel {
+        rayon::current_num_threads().max(1)
+    } else {
+        1
+    };
     let per_thread = panels.div_ceil(threads);
     let chunks_per_thread = (per_thread * NR).div_ceil(NC).max(1);
     let chunk_panels = panels.div_ceil(threads * chunks_per_thread).max(1);
     let chunk_cols = chunk_panels * NR;
+    let chunks = n.div_ceil(chunk_cols);
     let out_ptr = SendPtr(out.as_mut_ptr());
+    let for_each_chunk = |f: &(dyn Fn(usize) + Sync)| {
+        if parallel {
+            (0..chunks).into_par_iter().for_each(f);
+        } else {
+            (0..chunks).for_each(f);
+        }
+    };
     if let Weight::Panels(panels) = w {
         // Nothing to pack: each task runs its panels over every row, the whole depth at once (a panel is k × 64 B,
         // read from L2 by every tile; no partial sums go back to memory).
-        (0..n.div_ceil(chunk_cols)).into_par_iter().for_each(|c| {
+        for_each_chunk(&|c| {
             for jj in (c * chunk_cols..n.min((c + 1) * chunk_cols)).step_by(NR) {
                 let panel = &panels[(jj / NR) * NR * k..][..NR * k];
                 let ncols = NR.min(n - jj);
@@ -211,9 +278,9 @@ pub fn matmul_t_with(isa: Isa, x: &[f32], m: usize, k: usize, w: Weight<'_>, n: 
                 }
             }
         });
-        return out;
+        return;
     }
-    (0..n.div_ceil(chunk_cols)).into_par_iter().for_each(|c| {
+    for_each_chunk(&|c| {
         let j0 = c * chunk_cols;
         let cols = chunk_cols.min(n - j0);
         let padded = cols.next_multiple_of(NR);
@@ -267,7 +334,6 @@ pub fn matmul_t_with(isa: Isa, x: &[f32], m: usize, k: usize, w: Weight<'_>, n: 
             }
         }
     });
-    out
 }
 
 /// The cache lines of the weight rows a tile fetches ahead (into L2) while it computes: rows `row0 + r·k` for
@@ -360,20 +426,21 @@ impl SendPtr {
 }
 
 /// `x` as `⌈m / MR⌉` row panels, each `k × MR` (column `p` of the panel's rows, then `p + 1`), zero rows past `m`.
-/// Packed in parallel: a Base page's SAM rows are 12 MiB.
-fn pack_x(x: &[f32], m: usize, k: usize) -> Vec<f32> {
+/// Packed in parallel when the product is: a Base page's SAM rows are 12 MiB.
+fn pack_x(x: &[f32], m: usize, k: usize, parallel: bool) -> Vec<f32> {
     let mut a = vec![0f32; m.next_multiple_of(MR) * k];
-    a.par_chunks_mut(MR * k)
-        .enumerate()
-        .for_each(|(pi, panel)| {
-            let rows = MR.min(m - pi * MR);
-            for r in 0..rows {
-                let src = &x[(pi * MR + r) * k..][..k];
-                for (p, &v) in src.iter().enumerate() {
-                    panel[p * MR + r] = v;
-                }
+    let pack = |(pi, panel): (usize, &mut [f32])| {
+        for r in 0..MR.min(m - pi * MR) {
+            for (p, &v) in x[(pi * MR + r) * k..][..k].iter().enumerate() {
+                panel[p * MR + r] = v;
             }
-        });
+        }
+    };
+    if parallel {
+        a.par_chunks_mut(MR * k).enumerate().for_each(pack);
+    } else {
+        a.chunks_mut(MR * k).enumerate().for_each(pack);
+    }
     a
 }
 
@@ -1108,6 +1175,27 @@ mod tests {
         for i in [0, 11, 12, 28] {
             let one = matmul_t(&x[i * k..(i + 1) * k], 1, k, Weight::F32(&w), n);
             assert_eq!(one, all[i * n..(i + 1) * n], "row {i}");
+        }
+    }
+
+    /// Batched products, one per task or one after the other, are the single products.
+    #[test]
+    fn batched_products_are_the_single_products() {
+        for batch in [1, 3, 2 * rayon::current_num_threads() + 1] {
+            let (m, n, k) = (17, 45, 70);
+            let x = matrix(batch * m * k, 5);
+            let w = matrix(batch * n * k, 6);
+            let got = matmul_t_batched(&x, &w, batch, m, k, n);
+            for b in 0..batch {
+                let one = matmul_t(
+                    &x[b * m * k..][..m * k],
+                    m,
+                    k,
+                    Weight::F32(&w[b * n * k..][..n * k]),
+                    n,
+                );
+                assert_eq!(got[b * m * n..][..m * n], one, "batch {batch}, product {b}");
+            }
         }
     }
 

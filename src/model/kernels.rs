@@ -289,6 +289,60 @@ pub(crate) fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     })
 }
 
+/// `x[b] · w[b]ᵀ` for `x` `[B, m, k]` and `w` `[B, n, k]` → `[B, m, n]` (attention's `q·kᵀ`, and `p·v` with `w = vᵀ`):
+/// [`optimem_gemm::matmul_t_batched`] for CPU f32, candle's batched matmul otherwise.
+pub(crate) fn batched_matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    Ok(
+        if x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
+            x.contiguous()?
+                .apply_op2_no_bwd(&w.contiguous()?, &BatchedMatmulT)?
+        } else {
+            x.matmul(&w.t()?)?
+        },
+    )
+}
+
+/// [`batched_matmul_t`] on the CPU.
+struct BatchedMatmulT;
+
+impl CustomOp2 for BatchedMatmulT {
+    fn name(&self) -> &'static str {
+        "batched-matmul-f32-t"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(xd), CpuStorage::F32(wd)) = (s1, s2) else {
+            candle_core::bail!("batched-matmul-f32-t: f32 only");
+        };
+        let (Some((xa, xb)), Some((wa, wb))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("batched-matmul-f32-t: inputs must be contiguous");
+        };
+        let (&[b, m, k], &[b2, n, k2]) = (l1.dims(), l2.dims()) else {
+            candle_core::bail!(
+                "batched-matmul-f32-t: 3-D inputs only, got {:?} {:?}",
+                l1.dims(),
+                l2.dims()
+            );
+        };
+        if b != b2 || k != k2 {
+            candle_core::bail!(
+                "batched-matmul-f32-t: shapes {:?} {:?}",
+                l1.dims(),
+                l2.dims()
+            );
+        }
+        let out = optimem_gemm::matmul_t_batched(&xd[xa..xb], &wd[wa..wb], b, m, k, n);
+        Ok((CpuStorage::F32(out), Shape::from((b, m, n))))
+    }
+}
+
 /// `x · wᵀ` for CPU `x` f32 `[m, k]` and `w` f32 or bf16 `[n, k]` (both contiguous) → f32 `[m, n]`, by
 /// [`optimem_gemm`].
 struct PackedMatmulT;

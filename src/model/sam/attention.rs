@@ -185,7 +185,7 @@ pub(super) fn sdpa_rel_pos(
     }
 }
 
-/// CPU f32 path: plain q·kᵀ GEMM, then one pass per row adding scale, bias and softmax.
+/// CPU f32 path: q·kᵀ in our GEMM, then one pass per row adding scale, bias and softmax, then p·v.
 fn sdpa_rel_pos_fused(
     q: &Tensor,
     k: &Tensor,
@@ -198,15 +198,16 @@ fn sdpa_rel_pos_fused(
     let op = RelPosSoftmax {
         scale: (1.0 / (hd as f64).sqrt()) as f32,
     };
-    let kt = k.t()?;
+    // Both products as `x · wᵀ` with row-major operands (our GEMM's form): `q·kᵀ`, then `p·v = p·(vᵀ)ᵀ`.
+    let (k, vt) = (k.contiguous()?, v.t()?.contiguous()?);
     let mut outs = Vec::with_capacity(n.div_ceil(rows));
     for start in (0..n).step_by(rows.max(1)) {
         let len = rows.min(n - start);
-        let logits = q.narrow(1, start, len)?.contiguous()?.matmul(&kt)?;
+        let logits = kernels::batched_matmul_t(&q.narrow(1, start, len)?, &k)?;
         let rh = rel_h.narrow(1, start, len)?.contiguous()?;
         let rw = rel_w.narrow(1, start, len)?.contiguous()?;
         let probs = logits.apply_op3_no_bwd(&rh, &rw, &op)?;
-        outs.push(probs.matmul(v)?);
+        outs.push(kernels::batched_matmul_t(&probs, &vt)?);
     }
     Ok(Tensor::cat(&outs, 1)?)
 }
