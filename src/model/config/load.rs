@@ -133,13 +133,13 @@ impl Linear {
         Self { weight, bias }
     }
 
-    /// `x · Wᵀ + b` over the last dimension, as one 2-D GEMM on the rows of a contiguous `x` ([`matmul_t`]).
+    /// `x · Wᵀ + b` over the last dimension, as one 2-D GEMM on the rows of a contiguous `x` ([`MatmulWeight::matmul_t`]).
     ///
     /// candle's `Linear` multiplies a 3-D input by a batch-broadcast (stride-0) transposed weight; that, or an
     /// input whose layout came out of a concatenation, is rejected by the CUDA matmul ("only supported for
     /// contiguous tensors", seen on the H200 with Gundam's tile batch). Flattening the leading dimensions of a
-    /// contiguous input gives every backend a plain GEMM. A bf16 weight on the CPU (the decoder's, see
-    /// `kernels::compact_bf16`) takes the bf16 kernel of [`matmul_t`].
+    /// contiguous input gives every backend a plain GEMM. On the CPU that GEMM is `optimem-gemm`, which reads the
+    /// decoder's bf16 weights in its panel layout ([`MatmulWeight`]).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _span = tracing::trace_span!("linear").entered();
         // On CUDA in bf16 the bias rides in the GEMM's epilogue (`model::cuda::linear_bias`).
