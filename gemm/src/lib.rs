@@ -31,13 +31,16 @@ use rayon::prelude::*;
 const MR: usize = 12;
 /// Columns of a packed weight panel: the largest register tile's columns (two AVX-512 vectors).
 const NR: usize = 32;
-/// Depth of one packed block: a `KC × NR` weight panel is 32 KiB, the L1 of this machine's cores.
-const KC: usize = 256;
-/// Rows of `x` per packed block: `MC × KC` f32 (384 KiB) stays in L2 while every weight panel of a column chunk
-/// passes over it.
-const MC: usize = 384;
-/// At most this many weight columns per task: the packed `KC × NC` weights (512 KiB) stay in L2 beside `x`'s block.
-const NC: usize = 512;
+/// Depth of one packed block (a `KC × NR` weight panel is 64 KiB), rows of `x` per block (`MC × KC` f32, 384 KiB)
+/// and at most this many weight columns per task (the packed `KC × NC` weights, 512 KiB): `x`'s block and the
+/// weights' block share the 1 MiB L2 of a core, the block of `x` passing over every weight panel. Chosen on this
+/// machine (`optimem bench gemm`, one thread, SAM's and CLIP's shapes, ours / candle in the same run): 1.18–1.30×
+/// with these against 0.97–1.33× with 256 / 384 / 512 and 1.08–1.29× with 768 / 96 / 128 (session 16).
+const KC: usize = 512;
+const MC: usize = 192;
+const NC: usize = 256;
+// A block of rows is whole panels of `x`.
+const _: () = assert!(MC % MR == 0);
 
 /// A weight matrix `n × k`, row-major (one output per row), as the checkpoint stores it.
 #[derive(Debug, Clone, Copy)]
