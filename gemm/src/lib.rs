@@ -40,7 +40,7 @@ const KC: usize = 512;
 const MC: usize = 192;
 const NC: usize = 256;
 // A block of rows is whole panels of `x`.
-const _: () = assert!(MC % MR == 0);
+const _: () = assert!(MC.is_multiple_of(MR));
 
 /// A weight matrix `n × k`, row-major (one output per row), as the checkpoint stores it.
 #[derive(Debug, Clone, Copy)]
