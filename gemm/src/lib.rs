@@ -838,60 +838,50 @@ macro_rules! by_rows {
 mod avx512 {
     use half::bf16;
     use std::arch::x86_64::{
-        __m512, _mm512_castsi512_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_loadu_si512,
+        __m512, __m512i, _mm512_castsi512_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_loadu_si512,
         _mm512_set1_ps, _mm512_setzero_ps, _mm512_setzero_si512, _mm512_storeu_ps,
         _mm512_unpackhi_epi16, _mm512_unpacklo_epi16,
     };
 
     use super::{Fetcher, MR, NR, Prefetch};
 
-    /// A `rows × 32` tile (`rows` ≤ 12) of a bf16 panel in the panel layout, from zero.
-    ///
-    /// # Safety
-    /// AVX-512F and AVX-512BW must be available; `a` must hold `kc × MR` and `b` `kc × NR` values, and `c` `rows`
-    /// rows of 32 values at stride `ldc`.
-    #[target_feature(enable = "avx512f,avx512bw")]
-    pub(super) unsafe fn tile_rows_bf16(
-        kc: usize,
-        a: *const f32,
-        b: *const bf16,
-        c: *mut f32,
-        ldc: usize,
-        rows: usize,
-    ) {
-        unsafe { by_rows!(rows, tile_bf16, kc, a, b, c, ldc) }
+    /// Row `p` of a weight panel as the tile's two vectors (columns 0–15 and 16–31).
+    trait PanelRow {
+        unsafe fn load(&self, p: usize) -> [__m512; 2];
     }
 
-    #[inline(always)]
-    unsafe fn tile_bf16<const R: usize>(
-        kc: usize,
-        a: *const f32,
-        b: *const bf16,
-        c: *mut f32,
-        ldc: usize,
-    ) {
-        unsafe {
-            let zero = _mm512_setzero_si512();
-            let mut acc = [[_mm512_setzero_ps(); 2]; R];
-            for p in 0..kc {
-                // 32 bf16 → columns 0–15 and 16–31 as f32: each value becomes the high half of a zero low half.
-                let v = _mm512_loadu_si512(b.add(p * NR).cast());
-                let b0 = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, v));
-                let b1 = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, v));
-                for (r, acc_r) in acc.iter_mut().enumerate() {
-                    let ar = _mm512_set1_ps(*a.add(p * MR + r));
-                    acc_r[0] = _mm512_fmadd_ps(ar, b0, acc_r[0]);
-                    acc_r[1] = _mm512_fmadd_ps(ar, b1, acc_r[1]);
-                }
-            }
-            for (r, acc_r) in acc.iter().enumerate() {
-                _mm512_storeu_ps(c.add(r * ldc), acc_r[0]);
-                _mm512_storeu_ps(c.add(r * ldc + 16), acc_r[1]);
+    /// An f32 panel.
+    struct F32Row(*const f32);
+
+    impl PanelRow for F32Row {
+        #[inline(always)]
+        unsafe fn load(&self, p: usize) -> [__m512; 2] {
+            unsafe {
+                [
+                    _mm512_loadu_ps(self.0.add(p * NR)),
+                    _mm512_loadu_ps(self.0.add(p * NR + 16)),
+                ]
             }
         }
     }
 
-    /// A `rows × 32` tile (`rows` ≤ 12).
+    /// A bf16 panel in the panel layout: 32 values, each widened by interleaving it above a zero half.
+    struct Bf16Row(*const bf16, __m512i);
+
+    impl PanelRow for Bf16Row {
+        #[inline(always)]
+        unsafe fn load(&self, p: usize) -> [__m512; 2] {
+            unsafe {
+                let v = _mm512_loadu_si512(self.0.add(p * NR).cast());
+                [
+                    _mm512_castsi512_ps(_mm512_unpacklo_epi16(self.1, v)),
+                    _mm512_castsi512_ps(_mm512_unpackhi_epi16(self.1, v)),
+                ]
+            }
+        }
+    }
+
+    /// A `rows × 32` tile (`rows` ≤ 12) of an f32 panel.
     ///
     /// # Safety
     /// AVX-512F must be available; `a` must hold `kc × MR` and `b` `kc × NR` values, and `c` `rows` rows of 32
@@ -908,14 +898,32 @@ mod avx512 {
         accumulate: bool,
         fetch: Prefetch,
     ) {
-        unsafe { by_rows!(rows, tile, kc, a, b, c, ldc, accumulate, fetch) }
+        unsafe { by_rows!(rows, tile, kc, a, F32Row(b), c, ldc, accumulate, fetch) }
+    }
+
+    /// A `rows × 32` tile (`rows` ≤ 12) of a bf16 panel in the panel layout, from zero.
+    ///
+    /// # Safety
+    /// AVX-512F and AVX-512BW must be available; otherwise as [`tile_rows`].
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn tile_rows_bf16(
+        kc: usize,
+        a: *const f32,
+        b: *const bf16,
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+    ) {
+        let b = Bf16Row(b, _mm512_setzero_si512());
+        unsafe { by_rows!(rows, tile, kc, a, b, c, ldc, false, Prefetch::none()) }
     }
 
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn tile<const R: usize>(
         kc: usize,
         a: *const f32,
-        b: *const f32,
+        b: impl PanelRow,
         c: *mut f32,
         ldc: usize,
         acc_in: bool,
@@ -935,8 +943,7 @@ mod avx512 {
             };
             for p in 0..kc {
                 fetcher.step();
-                let b0 = _mm512_loadu_ps(b.add(p * NR));
-                let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
+                let [b0, b1] = b.load(p);
                 for (r, acc_r) in acc.iter_mut().enumerate() {
                     let ar = _mm512_set1_ps(*a.add(p * MR + r));
                     acc_r[0] = _mm512_fmadd_ps(ar, b0, acc_r[0]);
@@ -955,87 +962,76 @@ mod avx512 {
 mod avx2 {
     use half::bf16;
     use std::arch::x86_64::{
-        __m256, _mm256_castsi256_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_loadu_si256,
+        __m256, __m256i, _mm256_castsi256_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_loadu_si256,
         _mm256_set1_ps, _mm256_setzero_ps, _mm256_setzero_si256, _mm256_storeu_ps,
         _mm256_unpackhi_epi16, _mm256_unpacklo_epi16,
     };
 
     use super::{Fetcher, Prefetch};
 
-    /// A `rows × 16` tile (`rows` ≤ 6) of a bf16 panel in the panel layout, from zero: columns 0–15 of the panel
-    /// (the low interleaves of its two 256-bit halves), or 16–31 when `high` (the high ones).
-    ///
-    /// # Safety
-    /// AVX2 and FMA must be available; the panels and `c` must cover the tile.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile_rows_bf16(
-        kc: usize,
-        a: *const f32,
-        b: *const bf16,
-        c: *mut f32,
-        ldc: usize,
-        rows: usize,
-        high: bool,
-    ) {
-        unsafe {
-            match rows {
-                1 => tile_bf16::<1>(kc, a, b, c, ldc, high),
-                2 => tile_bf16::<2>(kc, a, b, c, ldc, high),
-                3 => tile_bf16::<3>(kc, a, b, c, ldc, high),
-                4 => tile_bf16::<4>(kc, a, b, c, ldc, high),
-                5 => tile_bf16::<5>(kc, a, b, c, ldc, high),
-                6 => tile_bf16::<6>(kc, a, b, c, ldc, high),
-                _ => unreachable!("gemm: an AVX2 tile has 1 to {MR} rows"),
-            }
-        }
-    }
-
-    #[inline(always)]
-    unsafe fn tile_bf16<const R: usize>(
-        kc: usize,
-        a: *const f32,
-        b: *const bf16,
-        c: *mut f32,
-        ldc: usize,
-        high: bool,
-    ) {
-        unsafe {
-            let zero = _mm256_setzero_si256();
-            let mut acc = [[_mm256_setzero_ps(); 2]; R];
-            for p in 0..kc {
-                let h0 = _mm256_loadu_si256(b.add(p * super::NR).cast());
-                let h1 = _mm256_loadu_si256(b.add(p * super::NR + 16).cast());
-                let (b0, b1) = if high {
-                    (
-                        _mm256_unpackhi_epi16(zero, h0),
-                        _mm256_unpackhi_epi16(zero, h1),
-                    )
-                } else {
-                    (
-                        _mm256_unpacklo_epi16(zero, h0),
-                        _mm256_unpacklo_epi16(zero, h1),
-                    )
-                };
-                let (b0, b1) = (_mm256_castsi256_ps(b0), _mm256_castsi256_ps(b1));
-                for (r, acc_r) in acc.iter_mut().enumerate() {
-                    let ar = _mm256_set1_ps(*a.add(p * super::MR + r));
-                    acc_r[0] = _mm256_fmadd_ps(ar, b0, acc_r[0]);
-                    acc_r[1] = _mm256_fmadd_ps(ar, b1, acc_r[1]);
-                }
-            }
-            for (r, acc_r) in acc.iter().enumerate() {
-                _mm256_storeu_ps(c.add(r * ldc), acc_r[0]);
-                _mm256_storeu_ps(c.add(r * ldc + 8), acc_r[1]);
-            }
-        }
-    }
-
     /// Rows and columns of the AVX2 tile: 12 accumulators of the 16 registers.
     pub(super) const MR: usize = 6;
     pub(super) const NR: usize = 16;
 
-    /// A `rows × 16` tile (`rows` ≤ 6) of a packed `kc × 12` x panel and `kc × 32` weight panel (pointers already
-    /// offset to the tile's first row and column).
+    /// Row `p` of 16 columns of a weight panel as the tile's two vectors.
+    trait PanelRow {
+        unsafe fn load(&self, p: usize) -> [__m256; 2];
+    }
+
+    /// 16 columns of an f32 panel (the pointer at the first).
+    struct F32Row(*const f32);
+
+    impl PanelRow for F32Row {
+        #[inline(always)]
+        unsafe fn load(&self, p: usize) -> [__m256; 2] {
+            let row = unsafe { self.0.add(p * super::NR) };
+            unsafe { [_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8))] }
+        }
+    }
+
+    /// Columns 0–15 of a bf16 panel in the panel layout (the low interleaves of its two 256-bit halves), or 16–31
+    /// when `high` (the high ones).
+    struct Bf16Row(*const bf16, bool, __m256i);
+
+    impl PanelRow for Bf16Row {
+        #[inline(always)]
+        unsafe fn load(&self, p: usize) -> [__m256; 2] {
+            unsafe {
+                let h0 = _mm256_loadu_si256(self.0.add(p * super::NR).cast());
+                let h1 = _mm256_loadu_si256(self.0.add(p * super::NR + 16).cast());
+                let (b0, b1) = if self.1 {
+                    (
+                        _mm256_unpackhi_epi16(self.2, h0),
+                        _mm256_unpackhi_epi16(self.2, h1),
+                    )
+                } else {
+                    (
+                        _mm256_unpacklo_epi16(self.2, h0),
+                        _mm256_unpacklo_epi16(self.2, h1),
+                    )
+                };
+                [_mm256_castsi256_ps(b0), _mm256_castsi256_ps(b1)]
+            }
+        }
+    }
+
+    /// Dispatches a row count to the tile monomorphised for it.
+    macro_rules! by_rows6 {
+        ($rows:expr, $($arg:expr),*) => {
+            match $rows {
+                1 => tile::<1>($($arg),*),
+                2 => tile::<2>($($arg),*),
+                3 => tile::<3>($($arg),*),
+                4 => tile::<4>($($arg),*),
+                5 => tile::<5>($($arg),*),
+                6 => tile::<6>($($arg),*),
+                _ => unreachable!("gemm: an AVX2 tile has 1 to {MR} rows"),
+            }
+        };
+    }
+
+    /// A `rows × 16` tile (`rows` ≤ 6) of a packed `kc × 12` x panel and a `kc × 32` f32 weight panel (pointers
+    /// already at the tile's first row and column).
     ///
     /// # Safety
     /// AVX2 and FMA must be available; the panels and `c` must cover the tile, as in `avx512::tile_rows`.
@@ -1051,24 +1047,34 @@ mod avx2 {
         accumulate: bool,
         fetch: Prefetch,
     ) {
-        unsafe {
-            match rows {
-                1 => tile::<1>(kc, a, b, c, ldc, accumulate, fetch),
-                2 => tile::<2>(kc, a, b, c, ldc, accumulate, fetch),
-                3 => tile::<3>(kc, a, b, c, ldc, accumulate, fetch),
-                4 => tile::<4>(kc, a, b, c, ldc, accumulate, fetch),
-                5 => tile::<5>(kc, a, b, c, ldc, accumulate, fetch),
-                6 => tile::<6>(kc, a, b, c, ldc, accumulate, fetch),
-                _ => unreachable!("gemm: an AVX2 tile has 1 to {MR} rows"),
-            }
-        }
+        unsafe { by_rows6!(rows, kc, a, F32Row(b), c, ldc, accumulate, fetch) }
+    }
+
+    /// A `rows × 16` tile (`rows` ≤ 6) of a bf16 panel in the panel layout, from zero: columns 0–15, or 16–31 when
+    /// `high`.
+    ///
+    /// # Safety
+    /// As [`tile_rows`].
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile_rows_bf16(
+        kc: usize,
+        a: *const f32,
+        b: *const bf16,
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        high: bool,
+    ) {
+        let b = Bf16Row(b, high, _mm256_setzero_si256());
+        unsafe { by_rows6!(rows, kc, a, b, c, ldc, false, Prefetch::none()) }
     }
 
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn tile<const R: usize>(
         kc: usize,
         a: *const f32,
-        b: *const f32,
+        b: impl PanelRow,
         c: *mut f32,
         ldc: usize,
         acc_in: bool,
@@ -1088,8 +1094,7 @@ mod avx2 {
             };
             for p in 0..kc {
                 fetcher.step();
-                let b0 = _mm256_loadu_ps(b.add(p * super::NR));
-                let b1 = _mm256_loadu_ps(b.add(p * super::NR + 8));
+                let [b0, b1] = b.load(p);
                 for (r, acc_r) in acc.iter_mut().enumerate() {
                     let ar = _mm256_set1_ps(*a.add(p * super::MR + r));
                     acc_r[0] = _mm256_fmadd_ps(ar, b0, acc_r[0]);
