@@ -39,6 +39,9 @@ const NR: usize = 32;
 const KC: usize = 512;
 const MC: usize = 192;
 const NC: usize = 256;
+/// Depth of one block of a bf16 panel (64 KiB): a whole panel of the 6,848-deep layer-0 MLP projection and the rows it
+/// meets no longer fit in L2 (`optimem bench gemm`: 107 against 190–214 GFLOP/s of the other prefill shapes).
+const PANEL_KC: usize = 1024;
 // A block of rows is whole panels of `x`.
 const _: () = assert!(MC.is_multiple_of(MR));
 
@@ -257,27 +260,33 @@ fn gemm_into(
         }
     };
     if let Weight::Panels(panels) = w {
-        // Nothing to pack: each task runs its panels over every row, the whole depth at once (a panel is k × 64 B,
-        // read from L2 by every tile; no partial sums go back to memory).
+        // Nothing to pack: each task runs its panels over every row, up to PANEL_KC deep at a time (a block of a
+        // panel is at most 64 KiB, read from L2 by every tile).
         for_each_chunk(&|c| {
             for jj in (c * chunk_cols..n.min((c + 1) * chunk_cols)).step_by(NR) {
                 let panel = &panels[(jj / NR) * NR * k..][..NR * k];
                 let ncols = NR.min(n - jj);
-                for ii in (0..m).step_by(MR) {
-                    let a_panel = &a[(ii / MR) * MR * k..][..k * MR];
-                    // SAFETY: as in the packing loop below: disjoint columns per task, tile within m × n.
-                    unsafe {
-                        tile_bf16(
-                            isa,
-                            k,
-                            a_panel,
-                            panel,
-                            out_ptr.at(ii * n + jj),
-                            n,
-                            MR.min(m - ii),
-                            ncols,
-                        )
-                    };
+                for p0 in (0..k).step_by(PANEL_KC) {
+                    let kc = PANEL_KC.min(k - p0);
+                    for ii in (0..m).step_by(MR) {
+                        let a_panel = &a[(ii / MR) * MR * k + p0 * MR..][..kc * MR];
+                        let b = &panel[p0 * NR..][..kc * NR];
+                        let rows = MR.min(m - ii);
+                        // SAFETY: as in the packing loop below: disjoint columns per task, tile within m × n.
+                        unsafe {
+                            tile_bf16(
+                                isa,
+                                kc,
+                                a_panel,
+                                b,
+                                out_ptr.at(ii * n + jj),
+                                n,
+                                rows,
+                                ncols,
+                                p0 > 0,
+                            )
+                        };
+                    }
                 }
             }
         });
@@ -702,7 +711,7 @@ unsafe fn tile_portable(
     }
 }
 
-/// [`tile`] for a bf16 panel of [`Weight::Panels`] (`b` `kc × NR` in the panel layout), from zero.
+/// [`tile`] for a bf16 panel of [`Weight::Panels`] (`b` `kc × NR` in the panel layout).
 ///
 /// # Safety
 /// As [`tile`]'s.
@@ -716,12 +725,35 @@ unsafe fn tile_bf16(
     ldc: usize,
     rows: usize,
     cols: usize,
+    accumulate: bool,
 ) {
     debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR && rows <= MR && cols <= NR);
     if cols < NR {
         let mut scratch = [0f32; MR * NR];
+        for r in 0..rows {
+            for j in 0..cols {
+                // SAFETY: r < rows, j < cols, as the caller guarantees.
+                scratch[r * NR + j] = if accumulate {
+                    unsafe { *c.add(r * ldc + j) }
+                } else {
+                    0.0
+                };
+            }
+        }
         // SAFETY: the scratch tile is MR × NR at stride NR.
-        unsafe { tile_bf16(isa, kc, a, b, scratch.as_mut_ptr(), NR, rows, NR) };
+        unsafe {
+            tile_bf16(
+                isa,
+                kc,
+                a,
+                b,
+                scratch.as_mut_ptr(),
+                NR,
+                rows,
+                NR,
+                accumulate,
+            )
+        };
         for r in 0..rows {
             for j in 0..cols {
                 // SAFETY: r < rows, j < cols, as the caller guarantees.
@@ -735,17 +767,20 @@ unsafe fn tile_bf16(
             for r in 0..rows {
                 for j in 0..NR {
                     let slot = panel_slot(j);
-                    let acc = (0..kc).fold(0f32, |acc, p| {
+                    // SAFETY: r < rows, j < NR = cols.
+                    let cell = unsafe { &mut *c.add(r * ldc + j) };
+                    let start = if accumulate { *cell } else { 0.0 };
+                    *cell = (0..kc).fold(start, |acc, p| {
                         a[p * MR + r].mul_add(widen(b[p * NR + slot]), acc)
                     });
-                    // SAFETY: r < rows, j < NR = cols.
-                    unsafe { *c.add(r * ldc + j) = acc };
                 }
             }
         }
         // SAFETY: as the caller guarantees.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { avx512::tile_rows_bf16(kc, a.as_ptr(), b.as_ptr(), c, ldc, rows) },
+        Isa::Avx512 => unsafe {
+            avx512::tile_rows_bf16(kc, a.as_ptr(), b.as_ptr(), c, ldc, rows, accumulate)
+        },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
             for r0 in (0..rows).step_by(avx2::MR) {
@@ -760,6 +795,7 @@ unsafe fn tile_bf16(
                             ldc,
                             avx2::MR.min(rows - r0),
                             high,
+                            accumulate,
                         )
                     }
                 }
@@ -913,9 +949,10 @@ mod avx512 {
         c: *mut f32,
         ldc: usize,
         rows: usize,
+        accumulate: bool,
     ) {
         let b = Bf16Row(b, _mm512_setzero_si512());
-        unsafe { by_rows!(rows, tile, kc, a, b, c, ldc, false, Prefetch::none()) }
+        unsafe { by_rows!(rows, tile, kc, a, b, c, ldc, accumulate, Prefetch::none()) }
     }
 
     #[inline(always)]
@@ -1056,6 +1093,7 @@ mod avx2 {
     /// # Safety
     /// As [`tile_rows`].
     #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn tile_rows_bf16(
         kc: usize,
         a: *const f32,
@@ -1064,9 +1102,10 @@ mod avx2 {
         ldc: usize,
         rows: usize,
         high: bool,
+        accumulate: bool,
     ) {
         let b = Bf16Row(b, high, _mm256_setzero_si256());
-        unsafe { by_rows6!(rows, kc, a, b, c, ldc, false, Prefetch::none()) }
+        unsafe { by_rows6!(rows, kc, a, b, c, ldc, accumulate, Prefetch::none()) }
     }
 
     #[inline(always)]
